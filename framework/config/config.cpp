@@ -1,0 +1,119 @@
+#include "framework/config/config.h"
+
+#include "framework/common/atomic_file.h"
+#include "framework/config/settings.h"
+#include "framework/system/version.h"
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+namespace qforge::config {
+namespace {
+
+std::vector<std::string> split_key_path(const std::string& path, const std::string& option) {
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (true) {
+    std::size_t dot = path.find('.', start);
+    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (part.empty()) throw ConfigError(fmt::format("{}: the key path '{}' has an empty part", option, path));
+    parts.push_back(part);
+    if (dot == std::string::npos) return parts;
+    start = dot + 1;
+  }
+}
+
+void set_key_path(YAML::Node node, const std::vector<std::string>& parts, std::size_t index, const YAML::Node& value) {
+  const std::string& key = parts[index];
+  if (index + 1 == parts.size()) {
+    node[key] = value;
+    return;
+  }
+  if (!node[key].IsMap()) node[key] = YAML::Node(YAML::NodeType::Map);
+  set_key_path(node[key], parts, index + 1, value);
+}
+
+YAML::Node parse_file(const std::string& file) {
+  std::ifstream in(file);
+  if (!in) throw ConfigError(fmt::format("{}: cannot open the config file ({})", file, std::strerror(errno)));
+  try {
+    YAML::Node tree = YAML::Load(in);
+    if (tree.IsNull()) return YAML::Node(YAML::NodeType::Map);
+    if (!tree.IsMap())
+      throw ConfigError(fmt::format("{}:{}: the config file must be a mapping of keys at the top level", file,
+                                    tree.Mark().line + 1));
+    return tree;
+  } catch (const YAML::Exception& e) {
+    const std::string where = e.mark.is_null() ? file : fmt::format("{}:{}", file, e.mark.line + 1);
+    throw ConfigError(fmt::format("{}: YAML syntax error: {}", where, e.msg));
+  }
+}
+
+}  // namespace
+
+YAML::Node load_tree(const std::string& file, const std::vector<std::string>& overrides, Origins& origins) {
+  YAML::Node tree = file.empty() ? YAML::Node(YAML::NodeType::Map) : parse_file(file);
+  for (const std::string& assignment : overrides) {
+    const std::string option = "--set " + assignment;
+    const std::size_t equals = assignment.find('=');
+    if (equals == std::string::npos)
+      throw ConfigError(fmt::format("{}: expected KEY.PATH=VALUE", option));
+    const std::string path = assignment.substr(0, equals);
+    YAML::Node value;
+    try {
+      value = YAML::Load(assignment.substr(equals + 1));
+    } catch (const YAML::Exception& e) {
+      throw ConfigError(fmt::format("{}: the value is not valid YAML: {}", option, e.msg));
+    }
+    set_key_path(tree, split_key_path(path, option), 0, value);
+    origins[path] = option;
+  }
+  return tree;
+}
+
+std::string Reader::where(const std::string& key_path, const YAML::Node& node) const {
+  for (const auto& [path, option] : origins_) {
+    const bool same_or_inside = path == key_path || path.rfind(key_path + ".", 0) == 0;
+    if (same_or_inside) return option;
+  }
+  const std::string file = file_.empty() ? "(defaults)" : file_;
+  if (!node.IsDefined() || node.Mark().is_null()) return file;
+  return fmt::format("{}:{}", file, node.Mark().line + 1);
+}
+
+void Reader::finish() const {
+  if (!node_.IsMap()) return;
+  for (auto it = node_.begin(); it != node_.end(); ++it) {
+    const std::string key = it->first.Scalar();
+    if (known_.count(key)) continue;
+    const std::string path = prefix_ + key;
+    throw ConfigError(fmt::format("{}: unknown key '{}' (expected one of: {})", where(path, it->first), path,
+                                  fmt::join(known_, ", ")));
+  }
+}
+
+void Reader::type_error(const std::string& path, const YAML::Node& node, const char* expected) const {
+  throw ConfigError(fmt::format("{}: key '{}' must be {}, got '{}'", where(path, node), path, expected,
+                                describe(node)));
+}
+
+std::string Reader::describe(const YAML::Node& node) {
+  if (node.IsScalar()) return node.Scalar();
+  if (node.IsNull()) return "nothing";
+  if (node.IsSequence()) return "a list";
+  if (node.IsMap()) return "a mapping";
+  return "?";
+}
+
+}  // namespace qforge::config
+
+namespace qforge::config {
+
+void save_resolved(const std::string& yaml, const std::string& dir) {
+  const std::string path = (std::filesystem::path(dir) / kResolvedConfigName).string();
+  write_file_atomically(path, fmt::format("# resolved config, written by qforge {}\n{}", version(), yaml));
+}
+
+}  // namespace qforge::config

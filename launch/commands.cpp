@@ -1,0 +1,96 @@
+#include "launch/commands.h"
+
+#include "framework/common/atomic_file.h"
+#include "framework/common/error.h"
+#include "framework/log/log.h"
+#include "framework/system/system_info.h"
+
+#include <fmt/format.h>
+
+#include <climits>
+#include <cstdio>
+#include <filesystem>
+
+namespace qforge {
+namespace {
+
+int run_env(CommandContext& context) {
+  dist::Grid grid(context.runtime, context.config.parallel.tp);
+  const std::string report = sys::describe_environment(context.runtime, grid);
+  if (context.runtime.rank() != 0) return 0;
+  std::fputs(report.c_str(), stdout);
+  std::fflush(stdout);
+  if (!context.config.output.dir.empty()) {
+    write_file_atomically((std::filesystem::path(context.config.output.dir) / "env.txt").string(), report);
+    config::save_resolved(config::to_yaml(context.config), context.config.output.dir);
+    log::info("wrote env.txt and {} to {}", config::kResolvedConfigName, context.config.output.dir);
+  }
+  return 0;
+}
+
+// Whether every rank succeeded; when not, the lowest failing rank prints its message. Collective.
+bool all_ranks_succeeded(dist::Runtime& runtime, const std::string& error) {
+  torch::Tensor failed_rank = torch::tensor({error.empty() ? INT_MAX : runtime.rank()}, torch::kInt32);
+  runtime.world().all_reduce(failed_rank, dist::ReduceOp::kMin);
+  const int first = failed_rank.item<int>();
+  if (first == INT_MAX) return true;
+  if (first == runtime.rank()) std::fprintf(stderr, "qforge: error: %s\n", error.c_str());
+  return false;
+}
+
+log::Options log_options(const LogSettings& settings) {
+  return log::Options{log::parse_level(settings.level), settings.all_ranks, settings.file};
+}
+
+}  // namespace
+
+const std::vector<Command>& all_commands() {
+  static const std::vector<Command> commands = {
+      {{"env", "print the job's layout (ranks, nodes, TP x DP), libtorch, BLAS, threads, CUDA and NCCL", {}},
+       run_env},
+  };
+  return commands;
+}
+
+std::vector<config::CommandSpec> command_specs() {
+  std::vector<config::CommandSpec> specs;
+  for (const auto& command : all_commands()) specs.push_back(command.spec);
+  return specs;
+}
+
+int run_qforge(dist::Runtime& runtime, const std::vector<std::string>& args) {
+  config::CommandLine line;
+  QforgeConfig config;
+  std::string error;
+  try {
+    line = config::parse_command_line(args, command_specs());
+    if (!line.help) {
+      config = config::load<QforgeConfig>(line.config_file, line.overrides);
+      log::configure(log_options(config.log));
+    }
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  if (!all_ranks_succeeded(runtime, error)) return 2;
+  if (line.help) {
+    if (runtime.rank() == 0) std::fputs(config::usage(command_specs(), line.command).c_str(), stdout);
+    return 0;
+  }
+
+  sys::configure_threads(config.runtime.threads, runtime.local_size());
+  sys::warn_if_reference_blas();
+  for (const auto& command : all_commands()) {
+    if (command.spec.name != line.command) continue;
+    CommandContext context{runtime, line, config};
+    try {
+      return command.run(context);
+    } catch (const UsageError& e) {
+      // Usage errors come from input every rank shares, so every rank throws the same: one prints.
+      if (runtime.rank() == 0) std::fprintf(stderr, "qforge: error: %s\n", e.what());
+      return 2;
+    }
+  }
+  throw Error(fmt::format("command '{}' is declared but has no implementation", line.command));
+}
+
+}  // namespace qforge

@@ -1,0 +1,24 @@
+// The root config of `qforge`: one YAML file can describe a whole campaign; each command reads the sections
+// it needs and every key is checked (an unknown key anywhere is an error).
+#pragma once
+
+#include "framework/config/settings.h"
+
+namespace qforge {
+
+struct QforgeConfig {
+  ParallelSettings parallel;
+  RuntimeSettings runtime;
+  LogSettings log;
+  OutputSettings output;
+
+  template <class V>
+  void visit(V& v) {
+    v("parallel", parallel);
+    v("runtime", runtime);
+    v("log", log);
+    v("output", output);
+  }
+};
+
+}  // namespace qforge

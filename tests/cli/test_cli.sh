@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# End-to-end checks of the qforge executable: exit codes, the layout it reports, and one-line errors.
+# usage: test_cli.sh QFORGE MPIEXEC
+set -u
+QFORGE=$1
+MPIEXEC=$2
+MPI=("$MPIEXEC" --oversubscribe)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failures=0
+passes=0
+
+check() {  # check NAME CONDITION-EXIT-CODE
+  if [ "$2" -eq 0 ]; then passes=$((passes + 1)); echo "ok   $1"; else failures=$((failures + 1)); echo "FAIL $1"; fi
+}
+run() {  # run OUT ERR -- command...: stores exit code in $code
+  local out=$1 err=$2; shift 3
+  "$@" >"$out" 2>"$err"; code=$?
+}
+show() { echo "--- stdout"; cat "$work/out"; echo "--- stderr"; cat "$work/err"; }
+
+# 1. A single process without mpirun.
+run "$work/out" "$work/err" -- "$QFORGE" env
+[ $code -eq 0 ] && grep -q "layout     TP 1 x DP 1" "$work/out"; check "env runs as one rank without mpirun" $? || show
+
+# 2. Four ranks, TP 2: a 2 x 2 layout, printed once, the same on every rank.
+run "$work/out" "$work/err" -- "${MPI[@]}" -np 4 "$QFORGE" env --set parallel.tp=2
+[ $code -eq 0 ] && grep -q "layout     TP 2 x DP 2" "$work/out" && grep -q "TP groups  {0,1} {2,3}" "$work/out" \
+  && grep -q "DP groups  {0,2} {1,3}" "$work/out" && grep -q "every rank reports this layout: yes" "$work/out" \
+  && [ "$(grep -c '^qforge ' "$work/out")" -eq 1 ]
+check "mpirun -np 4 env --set parallel.tp=2 prints one consistent 2 x 2 layout" $? || show
+
+# 3. A wrong key in a YAML file: one line naming file, key and line; exit code 2.
+printf 'log:\n  level: info\nparallel:\n  tpp: 2\n' >"$work/bad.yaml"
+run "$work/out" "$work/err" -- "$QFORGE" env --config "$work/bad.yaml"
+[ $code -eq 2 ] && [ "$(wc -l <"$work/err")" -eq 1 ] \
+  && grep -qx "qforge: error: $work/bad.yaml:4: unknown key 'parallel.tpp' (expected one of: tp)" "$work/err"
+check "wrong YAML key: one line with file, key and line; exit 2" $? || show
+
+# 4. The same under mpirun with 2 ranks: still one qforge error line, non-zero exit.
+run "$work/out" "$work/err" -- "${MPI[@]}" -np 2 "$QFORGE" env --config "$work/bad.yaml"
+[ $code -ne 0 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] && grep -q "bad.yaml:4: unknown key 'parallel.tpp'" "$work/err"
+check "wrong YAML key under mpirun -np 2: one error line, non-zero exit" $? || show
+
+# 5. A TP size that does not divide the world.
+run "$work/out" "$work/err" -- "${MPI[@]}" -np 4 "$QFORGE" env --set parallel.tp=3
+[ $code -ne 0 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] && grep -q "parallel.tp = 3 must be a positive divisor of the world size 4" "$work/err"
+check "parallel.tp=3 on 4 ranks: one error line, non-zero exit" $? || show
+
+# 6. Unknown command, bad --set value, help.
+run "$work/out" "$work/err" -- "$QFORGE" frobnicate
+[ $code -eq 2 ] && grep -q "unknown command 'frobnicate'" "$work/err"; check "unknown command: exit 2" $? || show
+run "$work/out" "$work/err" -- "$QFORGE" env --set runtime.threads=many
+[ $code -eq 2 ] && grep -qx "qforge: error: --set runtime.threads=many: key 'runtime.threads' must be an integer, got 'many'" "$work/err"
+check "bad --set value names the option" $? || show
+run "$work/out" "$work/err" -- "$QFORGE" --help
+[ $code -eq 0 ] && grep -q "^usage: qforge <command>" "$work/out"; check "--help" $? || show
+
+# 7. Outputs: the report and the resolved config beside it; no temporary left.
+run "$work/out" "$work/err" -- "${MPI[@]}" -np 2 "$QFORGE" env --set parallel.tp=2 --set output.dir="$work/run"
+[ $code -eq 0 ] && [ -f "$work/run/env.txt" ] && grep -q "TP 2 x DP 1" "$work/run/env.txt" \
+  && grep -q "tp: 2" "$work/run/qforge_config.yaml" && [ "$(ls -A "$work/run" | wc -l)" -eq 2 ]
+check "output.dir holds env.txt and the resolved config" $? || show
+# The resolved config reads back as a config.
+run "$work/out" "$work/err" -- "$QFORGE" env --config "$work/run/qforge_config.yaml" --set output.dir=
+[ $code -eq 2 ] && grep -q "parallel.tp = 2 must be a positive divisor of the world size 1" "$work/err"
+check "the resolved config is a valid config (tp 2 read back)" $? || show
+
+# 8. Per-rank log files (their directory is created).
+run "$work/out" "$work/err" -- "${MPI[@]}" -np 2 "$QFORGE" env --log-file "$work/logs/q.{rank}.log" --set output.dir="$work/run2"
+[ $code -eq 0 ] && [ -f "$work/logs/q.0.log" ] && [ -f "$work/logs/q.1.log" ] && grep -q "r0/2\] I wrote env.txt" "$work/logs/q.0.log"
+check "--log-file writes one file per rank" $? || show
+
+echo "$passes passed, $failures failed"
+[ $failures -eq 0 ]

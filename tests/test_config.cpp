@@ -1,0 +1,212 @@
+// Config files, --set overrides and the command line: every kind of bad input is one error naming the file
+// (or option), the key path and the line.
+#include "framework/common/atomic_file.h"
+#include "framework/config/command_line.h"
+#include "framework/config/config.h"
+#include "framework/config/settings.h"
+#include "launch/commands.h"
+#include "launch/qforge_config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace qforge {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / fmt::format("qforge_config_test_{}", ::getpid());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string write(const std::string& name, const std::string& text) {
+    std::string path = (dir_ / name).string();
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  // The ConfigError message of loading `text` (with `overrides`), or "" when it loads.
+  std::string error_of(const std::string& text, std::vector<std::string> overrides = {}) {
+    try {
+      config::load<QforgeConfig>(write("c.yaml", text), overrides);
+      return "";
+    } catch (const config::ConfigError& e) {
+      return e.what();
+    }
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(ConfigTest, ValuesOverrideDefaults) {
+  auto c = config::load<QforgeConfig>(write("c.yaml", "parallel:\n  tp: 4\nlog:\n  all_ranks: yes\n  level: debug\n"), {});
+  EXPECT_EQ(c.parallel.tp, 4);
+  EXPECT_TRUE(c.log.all_ranks);
+  EXPECT_EQ(c.log.level, "debug");
+  EXPECT_EQ(c.runtime.threads, 0);  // default kept
+}
+
+TEST_F(ConfigTest, NoFileMeansDefaults) {
+  auto c = config::load<QforgeConfig>("", {});
+  EXPECT_EQ(c.parallel.tp, 1);
+  EXPECT_EQ(c.log.level, "info");
+}
+
+TEST_F(ConfigTest, UnknownKeyNamesFileKeyPathAndLine) {
+  std::string e = error_of("log:\n  level: info\nparallel:\n  tp: 2\n  tpp: 3\n");
+  EXPECT_EQ(e, (dir_ / "c.yaml").string() + ":5: unknown key 'parallel.tpp' (expected one of: tp)");
+}
+
+TEST_F(ConfigTest, UnknownTopLevelSection) {
+  std::string e = error_of("parallel:\n  tp: 2\nparalel:\n  tp: 2\n");
+  EXPECT_NE(e.find("c.yaml:3: unknown key 'paralel'"), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, WrongTypeNamesWhatWasExpected) {
+  EXPECT_NE(error_of("parallel:\n  tp: two\n").find("c.yaml:2: key 'parallel.tp' must be an integer, got 'two'"),
+            std::string::npos);
+  EXPECT_NE(error_of("parallel:\n  tp: 2.5\n").find("key 'parallel.tp' must be an integer, got '2.5'"), std::string::npos);
+  EXPECT_NE(error_of("log:\n  all_ranks: maybe\n").find("c.yaml:2: key 'log.all_ranks' must be true or false"),
+            std::string::npos);
+  EXPECT_NE(error_of("log:\n  level: [info]\n").find("key 'log.level' must be a string, got 'a list'"), std::string::npos);
+  EXPECT_NE(error_of("parallel: 4\n").find("c.yaml:1: key 'parallel' must be a mapping of keys, got '4'"),
+            std::string::npos);
+}
+
+TEST_F(ConfigTest, ChecksRejectOutOfRangeValues) {
+  EXPECT_NE(error_of("parallel:\n  tp: 0\n").find("c.yaml:2: key 'parallel.tp' must be a value >= 1, got '0'"),
+            std::string::npos);
+  EXPECT_NE(error_of("log:\n  level: loud\n").find("key 'log.level' must be one of: debug, info, warn, error, got 'loud'"),
+            std::string::npos);
+}
+
+struct NeedsPath {
+  std::string path;
+  int depth = 1;
+  template <class V>
+  void visit(V& v) {
+    v.required("path", path);
+    v("depth", depth);
+  }
+};
+struct RootWithRequired {
+  NeedsPath model;
+  template <class V>
+  void visit(V& v) {
+    v("model", model);
+  }
+};
+
+TEST_F(ConfigTest, MissingRequiredKeyIsNamed) {
+  try {
+    config::load<RootWithRequired>(write("r.yaml", "model:\n  depth: 2\n"), {});
+    FAIL() << "expected a ConfigError";
+  } catch (const config::ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), (dir_ / "r.yaml").string() + ":2: missing required key 'model.path'");
+  }
+  auto ok = config::load<RootWithRequired>(write("r.yaml", "model:\n  path: /m\n"), {});
+  EXPECT_EQ(ok.model.path, "/m");
+}
+
+TEST_F(ConfigTest, SyntaxErrorNamesTheLine) {
+  std::string e = error_of("parallel:\n  tp: 2\n log: [\n");
+  EXPECT_NE(e.find("c.yaml:"), std::string::npos) << e;
+  EXPECT_NE(e.find("YAML syntax error"), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, MissingFileIsNamed) {
+  try {
+    config::load<QforgeConfig>((dir_ / "absent.yaml").string(), {});
+    FAIL();
+  } catch (const config::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("absent.yaml: cannot open the config file"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(ConfigTest, SetOverridesFileValuesAndErrorsNameTheOption) {
+  auto c = config::load<QforgeConfig>(write("c.yaml", "parallel:\n  tp: 2\n"), {"parallel.tp=4", "log.file=x.log"});
+  EXPECT_EQ(c.parallel.tp, 4);
+  EXPECT_EQ(c.log.file, "x.log");
+  EXPECT_EQ(error_of("parallel:\n  tp: 2\n", {"parallel.tp=abc"}),
+            "--set parallel.tp=abc: key 'parallel.tp' must be an integer, got 'abc'");
+  EXPECT_EQ(error_of("", {"parallel.tpx=1"}), "--set parallel.tpx=1: unknown key 'parallel.tpx' (expected one of: tp)");
+  EXPECT_NE(error_of("", {"nosuch.section.key=1"}).find("--set nosuch.section.key=1: unknown key 'nosuch'"),
+            std::string::npos);
+  EXPECT_EQ(error_of("", {"parallel.tp"}), "--set parallel.tp: expected KEY.PATH=VALUE");
+  EXPECT_EQ(error_of("", {"parallel..tp=1"}), "--set parallel..tp=1: the key path 'parallel..tp' has an empty part");
+}
+
+TEST_F(ConfigTest, ResolvedConfigRoundTrips) {
+  auto c = config::load<QforgeConfig>("", {"parallel.tp=8", "log.all_ranks=true", "output.dir=out dir"});
+  const std::string out = (dir_ / "run").string();
+  config::save_resolved(config::to_yaml(c), out);
+  auto again = config::load<QforgeConfig>((dir_ / "run" / config::kResolvedConfigName).string(), {});
+  EXPECT_EQ(config::to_yaml(again), config::to_yaml(c));
+  EXPECT_EQ(again.parallel.tp, 8);
+  EXPECT_EQ(again.output.dir, "out dir");
+  for (const auto& entry : fs::directory_iterator(out))  // no temporary left behind
+    EXPECT_EQ(entry.path().filename().string(), config::kResolvedConfigName);
+}
+
+TEST_F(ConfigTest, AtomicFileLeavesNothingWhenNotCommitted) {
+  const std::string path = (dir_ / "out.bin").string();
+  {
+    AtomicFile file(path);
+    std::ofstream(file.temp_path()) << "half";
+  }
+  EXPECT_FALSE(fs::exists(path));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 0);
+  write_file_atomically(path, "whole");
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "whole");
+}
+
+// ---- command line ----------------------------------------------------------------------------------------
+
+TEST(CommandLine, SharedOptionsBecomeOverrides) {
+  auto line = config::parse_command_line(
+      {"env", "--config", "a.yaml", "--set", "parallel.tp=2", "--set=runtime.threads=3", "--log-all-ranks",
+       "--log-file", "q.{rank}.log"},
+      command_specs());
+  EXPECT_EQ(line.command, "env");
+  EXPECT_EQ(line.config_file, "a.yaml");
+  EXPECT_EQ(line.overrides, (std::vector<std::string>{"parallel.tp=2", "runtime.threads=3", "log.all_ranks=true",
+                                                      "log.file=q.{rank}.log"}));
+  EXPECT_FALSE(line.help);
+}
+
+TEST(CommandLine, BadInputIsAUsageError) {
+  auto message = [](std::vector<std::string> args) {
+    try {
+      config::parse_command_line(args, command_specs());
+      return std::string();
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+  };
+  EXPECT_EQ(message({"frobnicate"}).rfind("unknown command 'frobnicate'; commands: env", 0), 0u);
+  EXPECT_EQ(message({"env", "--bogus"}), "qforge env: unknown option '--bogus' (see qforge env --help)");
+  EXPECT_EQ(message({"env", "--config"}), "qforge env: option '--config' needs a value");
+  EXPECT_EQ(message({"env", "stray"}), "qforge env: unexpected argument 'stray'");
+  EXPECT_EQ(message({"env", "--log-all-ranks=yes"}), "qforge env: option '--log-all-ranks' takes no value");
+  EXPECT_NE(message({}).find("no command given"), std::string::npos);
+}
+
+TEST(CommandLine, HelpListsCommandsAndOptions) {
+  auto line = config::parse_command_line({"env", "--help"}, command_specs());
+  EXPECT_TRUE(line.help);
+  std::string text = config::usage(command_specs(), "env");
+  EXPECT_NE(text.find("env "), std::string::npos);
+  EXPECT_NE(text.find("--set VALUE"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace qforge
