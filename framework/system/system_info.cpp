@@ -32,8 +32,8 @@ std::string real_path(const char* path) {
 std::string describe_blas_library(const std::string& path, bool& is_reference) {
   is_reference = false;
   if (path.find("openblas") != std::string::npos) {
-    if (auto config = find_symbol<const char* (*)()>("openblas_get_config")) return std::string("OpenBLAS ") + config();
-    return "OpenBLAS";
+    auto config = find_symbol<const char* (*)()>("openblas_get_config");  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
+    return config ? std::string(config()) : "OpenBLAS";
   }
   if (path.find("mkl") != std::string::npos) return "Intel MKL";
   if (path.find("blis") != std::string::npos) return "BLIS";
@@ -134,6 +134,7 @@ std::string describe_environment(dist::Runtime& runtime, dist::Grid& grid) {
   torch::Tensor host = torch::zeros({kHostNameBytes}, torch::kUInt8);
   std::memcpy(host.data_ptr(), runtime.host_name().data(), std::min<size_t>(runtime.host_name().size(), kHostNameBytes - 1));
   torch::Tensor hosts = runtime.world().all_gather(host.unsqueeze(0), 0);
+  if (runtime.rank() != 0) return {};
   const BlasInfo blas = detect_blas();
   const double gflops = measure_matmul_gflops(512);
 

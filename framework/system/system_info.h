@@ -32,7 +32,7 @@ std::string torch_version();  // "1.13.0"
 std::string cuda_summary();   // "not available (libtorch built without CUDA)", "2 devices: NVIDIA H100 ..."
 
 // The `qforge env` report: version, ranks and nodes, the TP x DP layout with every rank's place in it,
-// libtorch, BLAS, threads, CUDA and NCCL. Collective over the world; the text is complete on rank 0.
+// libtorch, BLAS, threads, CUDA and NCCL. Collective over the world; rank 0 gets the text, other ranks "".
 std::string describe_environment(dist::Runtime& runtime, dist::Grid& grid);
 
 }  // namespace sys

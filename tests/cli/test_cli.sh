@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end checks of the qforge executable: exit codes, the layout it reports, and one-line errors.
-# usage: test_cli.sh QFORGE MPIEXEC
+# usage: test_cli.sh QFORGE MPIEXEC CONFIGS_DIR
 set -u
 QFORGE=$1
 MPIEXEC=$2
+CONFIGS=$3
 MPI=("$MPIEXEC" --oversubscribe)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -70,6 +71,24 @@ check "the resolved config is a valid config (tp 2 read back)" $? || show
 run "$work/out" "$work/err" -- "${MPI[@]}" -np 2 "$QFORGE" env --log-file "$work/logs/q.{rank}.log" --set output.dir="$work/run2"
 [ $code -eq 0 ] && [ -f "$work/logs/q.0.log" ] && [ -f "$work/logs/q.1.log" ] && grep -q "r0/2\] I wrote env.txt" "$work/logs/q.0.log"
 check "--log-file writes one file per rank" $? || show
+
+# 9. Every shipped config is valid.
+for config in "$CONFIGS"/*.yaml; do
+  run "$work/out" "$work/err" -- "$QFORGE" env --config "$config"
+  [ $code -eq 0 ]; check "shipped config $(basename "$config") loads" $? || show
+done
+
+# 10. The slow reference BLAS is called out at start-up (forced here by preloading it, when it is installed).
+reference=/usr/lib/x86_64-linux-gnu/blas/libblas.so.3
+if [ -e "$reference" ]; then
+  LD_PRELOAD=$reference "$QFORGE" env >"$work/out" 2>"$work/err"; code=$?
+  [ $code -eq 0 ] && grep -q "W libtorch calls the slow reference BLAS" "$work/err" && grep -q "reference BLAS (netlib)" "$work/out"
+  check "reference BLAS gives a start-up warning" $? || show
+  "$QFORGE" env >"$work/out" 2>"$work/err"
+  ! grep -q "slow reference BLAS" "$work/err"; check "the installed OpenBLAS gives no warning" $? || show
+else
+  echo "skip reference BLAS warning ($reference not installed)"
+fi
 
 echo "$passes passed, $failures failed"
 [ $failures -eq 0 ]
