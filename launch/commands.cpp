@@ -1,5 +1,7 @@
 #include "launch/commands.h"
 
+#include "launch/model_commands.h"
+
 #include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
 #include "framework/log/log.h"
@@ -13,6 +15,9 @@
 
 namespace qforge {
 namespace {
+
+// How long a failing rank waits for the others to fail too before it aborts the job.
+constexpr double kFailureAgreementSeconds = 5.0;
 
 int run_env(CommandContext& context) {
   dist::Grid grid(context.runtime, context.config.parallel.tp);
@@ -38,6 +43,20 @@ bool all_ranks_succeeded(dist::Runtime& runtime, const std::string& error) {
   return false;
 }
 
+// An error every rank hit (a bad file, a TP size the model cannot use) is printed once and the job ends
+// normally; an error on some ranks only names its rank and aborts the job, so no rank waits forever.
+int report_failure(dist::Runtime& runtime, const std::exception& error) {
+  const int code = dynamic_cast<const UsageError*>(&error) ? 2 : 1;
+  const int first = runtime.size() == 1 ? runtime.rank() : runtime.agree_on_failure(kFailureAgreementSeconds);
+  if (first >= 0) {
+    if (first == runtime.rank()) std::fprintf(stderr, "qforge: error: %s\n", error.what());
+    return code;
+  }
+  std::fprintf(stderr, "qforge: error on rank %d of %d: %s\n", runtime.rank(), runtime.size(), error.what());
+  std::fflush(stderr);
+  runtime.abort(code);
+}
+
 log::Options log_options(const LogSettings& settings) {
   return log::Options{log::parse_level(settings.level), settings.all_ranks, settings.file};
 }
@@ -45,10 +64,13 @@ log::Options log_options(const LogSettings& settings) {
 }  // namespace
 
 const std::vector<Command>& all_commands() {
-  static const std::vector<Command> commands = {
-      {{"env", "print the job's layout (ranks, nodes, TP x DP), libtorch, BLAS, threads, CUDA and NCCL", {}},
-       run_env},
-  };
+  static const std::vector<Command> commands = [] {
+    std::vector<Command> list = {
+        {{"env", "print the job's layout (ranks, nodes, TP x DP), libtorch, BLAS, threads, CUDA and NCCL", {}}, run_env},
+    };
+    for (Command& command : model_commands()) list.push_back(std::move(command));
+    return list;
+  }();
   return commands;
 }
 
@@ -84,10 +106,8 @@ int run_qforge(dist::Runtime& runtime, const std::vector<std::string>& args) {
     CommandContext context{runtime, line, config};
     try {
       return command.run(context);
-    } catch (const UsageError& e) {
-      // Usage errors come from input every rank shares, so every rank throws the same: one prints.
-      if (runtime.rank() == 0) std::fprintf(stderr, "qforge: error: %s\n", e.what());
-      return 2;
+    } catch (const std::exception& e) {
+      return report_failure(runtime, e);
     }
   }
   throw Error(fmt::format("command '{}' is declared but has no implementation", line.command));

@@ -11,6 +11,9 @@ struct QforgeConfig {
   RuntimeSettings runtime;
   LogSettings log;
   OutputSettings output;
+  ModelSettings model;
+  EvalSettings eval;
+  GenerateTextSettings generate_text;
 
   template <class V>
   void visit(V& v) {
@@ -18,6 +21,9 @@ struct QforgeConfig {
     v("runtime", runtime);
     v("log", log);
     v("output", output);
+    v("model", model);
+    v("eval", eval);
+    v("generate_text", generate_text);
   }
 };
 

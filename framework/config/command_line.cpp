@@ -3,6 +3,7 @@
 #include "framework/common/error.h"
 
 #include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
 
 #include <optional>
 
@@ -38,6 +39,13 @@ std::string command_names(const std::vector<CommandSpec>& commands) {
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
+// A command-line value as a YAML string, so that text such as "a: b" stays text.
+std::string yaml_quoted(const std::string& value) {
+  YAML::Emitter out;
+  out << YAML::DoubleQuoted << value;
+  return out.c_str();
+}
+
 void apply_common(CommandLine& line, const std::string& name, const std::string& value) {
   if (name == "config") line.config_file = value;
   else if (name == "set") line.overrides.push_back(value);
@@ -66,8 +74,12 @@ CommandLine parse_command_line(const std::vector<std::string>& args, const std::
       line.help = true;
       continue;
     }
-    if (arg.rfind("--", 0) != 0)
-      throw UsageError(fmt::format("qforge {}: unexpected argument '{}'", line.command, arg));
+    if (arg.rfind("--", 0) != 0) {
+      if (line.positionals.size() >= command->positionals.size())
+        throw UsageError(fmt::format("qforge {}: unexpected argument '{}'", line.command, arg));
+      line.positionals.push_back(arg);
+      continue;
+    }
     std::string name = arg.substr(2);
     std::optional<std::string> inline_value;
     if (std::size_t equals = name.find('='); equals != std::string::npos) {
@@ -88,14 +100,22 @@ CommandLine parse_command_line(const std::vector<std::string>& args, const std::
       throw UsageError(fmt::format("qforge {}: option '--{}' takes no value", line.command, name));
     }
     if (common) apply_common(line, name, value);
+    else if (!spec->config_key.empty()) line.overrides.push_back(spec->config_key + "=" + yaml_quoted(value));
     else line.options[name] = value;
   }
+  if (!line.help && line.positionals.size() < command->positionals.size())
+    throw UsageError(fmt::format("qforge {}: missing the {} argument (see qforge {} --help)", line.command,
+                                 command->positionals[line.positionals.size()], line.command));
   return line;
 }
 
 std::string usage(const std::vector<CommandSpec>& commands, const std::string& command) {
   std::string text = "usage: qforge <command> [--config FILE] [--set KEY.PATH=VALUE]... [options]\n\ncommands:\n";
-  for (const auto& c : commands) text += fmt::format("  {:<14} {}\n", c.name, c.summary);
+  for (const auto& c : commands) {
+    std::string synopsis = c.name;
+    for (const auto& p : c.positionals) synopsis += " <" + p + ">";
+    text += fmt::format("  {:<16} {}\n", synopsis, c.summary);
+  }
   auto list = [&text](const std::vector<OptionSpec>& options) {
     for (const auto& o : options)
       text += fmt::format("  --{:<22} {}\n", o.name + (o.takes_value ? " VALUE" : ""), o.help);

@@ -12,12 +12,14 @@ struct OptionSpec {
   std::string name;  // without the leading "--"
   bool takes_value;
   std::string help;
+  std::string config_key = "";  // when set, the option is a shorthand for --set config_key=VALUE
 };
 
 struct CommandSpec {
   std::string name;
   std::string summary;
   std::vector<OptionSpec> options;
+  std::vector<std::string> positionals = {};  // required positional arguments, in order (e.g. "task")
 };
 
 struct CommandLine {
@@ -25,6 +27,7 @@ struct CommandLine {
   std::string config_file;             // empty: defaults only
   std::vector<std::string> overrides;  // "a.b=value", in order; --log-all-ranks and --log-file land here too
   std::map<std::string, std::string> options;  // the command's own options ("true" for flags)
+  std::vector<std::string> positionals;
   bool help = false;
 };
 

@@ -46,6 +46,46 @@ struct OutputSettings {
   }
 };
 
+struct ModelSettings {
+  std::string path;       // Hugging Face checkpoint directory (config.json + safetensors)
+  std::string tokenizer;  // tokenizer.model or tokenizer.bin; "": the one in the model directory
+  template <class V>
+  void visit(V& v) {
+    v("path", path);
+    v("tokenizer", tokenizer);
+  }
+};
+
+struct EvalSettings {
+  std::string text;        // text file for perplexity
+  int64_t seq_len = 0;     // window length; 0: the model's context length
+  int64_t batch_size = 4;  // windows per forward pass
+  template <class V>
+  void visit(V& v) {
+    v("text", text);
+    v("seq_len", seq_len, config::at_least(0));
+    v("batch_size", batch_size, config::at_least(1));
+  }
+};
+
+struct GenerateTextSettings {
+  std::string prompt = "Once upon a time";
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0;  // 0: greedy
+  int64_t top_k = 0;         // 0: off
+  double top_p = 1.0;        // 1: off
+  int64_t seed = 0;
+  template <class V>
+  void visit(V& v) {
+    v("prompt", prompt);
+    v("max_new_tokens", max_new_tokens, config::at_least(1));
+    v("temperature", temperature, config::at_least(0));
+    v("top_k", top_k, config::at_least(0));
+    v("top_p", top_p, [](double p) { return p > 0 && p <= 1 ? std::string() : std::string("in (0, 1]"); });
+    v("seed", seed, config::at_least(0));
+  }
+};
+
 namespace config {
 // Name of the resolved config written beside every output.
 inline constexpr const char* kResolvedConfigName = "qforge_config.yaml";

@@ -6,7 +6,9 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 #include <set>
 
 namespace qforge::dist {
@@ -65,12 +67,18 @@ Runtime::Runtime(int* argc, char*** argv) {
   QF_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   QF_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
   world_ = std::make_unique<Communicator>("world", to_handle(MPI_COMM_WORLD), rank_, size_);
+  self_ = std::make_unique<Communicator>("self", to_handle(MPI_COMM_SELF), 0, 1);
+  MPI_Comm failure_comm = MPI_COMM_NULL;
+  QF_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &failure_comm));
+  failure_comm_ = to_handle(failure_comm);
   discover_nodes();
 }
 
 Runtime::~Runtime() {
   world_.reset();
+  self_.reset();
   free_comm(node_comm_);
+  free_comm(failure_comm_);
   g_runtime = nullptr;
   int finalized = 0;
   MPI_Finalized(&finalized);
@@ -82,6 +90,18 @@ Runtime* Runtime::current() { return g_runtime; }
 void Runtime::abort(int code) {
   MPI_Abort(MPI_COMM_WORLD, code);
   std::exit(code);  // MPI_Abort does not return; this is for the compiler.
+}
+
+int Runtime::agree_on_failure(double timeout_s) {
+  int mine = rank_, lowest = -1, done = 0;
+  MPI_Request request = MPI_REQUEST_NULL;
+  if (MPI_Iallreduce(&mine, &lowest, 1, MPI_INT, MPI_MIN, from_handle(failure_comm_), &request) != MPI_SUCCESS) return -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (!done && std::chrono::steady_clock::now() < deadline) {
+    if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return -1;
+    if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done ? lowest : -1;
 }
 
 void Runtime::discover_nodes() {

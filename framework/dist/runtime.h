@@ -29,12 +29,19 @@ class Runtime {
   const std::vector<int>& ranks_per_node() const { return ranks_per_node_; }
 
   Communicator& world() { return *world_; }
+  // A group of this process alone (unsharded reference computations, single-rank work inside a job).
+  Communicator& self() { return *self_; }
 
   // The running Runtime, or nullptr before it exists / after it is gone.
   static Runtime* current();
 
   // Ends every process of the job with `code`; for errors on one rank that would leave the others waiting.
   [[noreturn]] void abort(int code);
+
+  // Called by a rank that failed: waits up to `timeout_s` for every rank to call it too (on a communicator of
+  // its own, so it never matches other traffic). Returns the lowest rank when all did — the error was shared
+  // and one rank can report it — or -1 when some rank did not, and the job must be aborted.
+  int agree_on_failure(double timeout_s);
 
  private:
   void discover_nodes();
@@ -48,7 +55,9 @@ class Runtime {
   std::string host_name_;
   std::vector<int> ranks_per_node_;
   intptr_t node_comm_ = 0;
+  intptr_t failure_comm_ = 0;
   std::unique_ptr<Communicator> world_;
+  std::unique_ptr<Communicator> self_;
 };
 
 // Tensor parallelism x data parallelism. `tp` consecutive world ranks form a TP group (so with block rank

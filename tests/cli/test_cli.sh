@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end checks of the qforge executable: exit codes, the layout it reports, and one-line errors.
-# usage: test_cli.sh QFORGE MPIEXEC CONFIGS_DIR
+# usage: test_cli.sh QFORGE MPIEXEC CONFIGS_DIR SHARED_DIR
 set -u
 QFORGE=$1
 MPIEXEC=$2
 CONFIGS=$3
+SHARED=$4
 MPI=("$MPIEXEC" --oversubscribe)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -88,6 +89,40 @@ if [ -e "$reference" ]; then
   ! grep -q "slow reference BLAS" "$work/err"; check "the installed OpenBLAS gives no warning" $? || show
 else
   echo "skip reference BLAS warning ($reference not installed)"
+fi
+
+# 11. The real stories260K model (../shared): import, generate, perplexity; bad checkpoints.
+if [ -f "$SHARED/models/stories260K/stories260K.bin" ]; then
+  stories="$SHARED/models/stories260K"
+  run "$work/out" "$work/err" -- "$QFORGE" convert llama2c --in "$stories/stories260K.bin" --tokenizer "$stories/tok512.bin" --out "$work/stories"
+  [ $code -eq 0 ] && [ -f "$work/stories/config.json" ] && [ -f "$work/stories/model.safetensors" ] && [ -f "$work/stories/tokenizer.bin" ]
+  check "convert llama2c writes config.json, model.safetensors, tokenizer.bin" $? || show
+
+  expected="Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high"
+  run "$work/out" "$work/err" -- "${MPI[@]}" -np 4 "$QFORGE" generate-text --model "$work/stories" --max-new-tokens 60 --set parallel.tp=4
+  [ $code -eq 0 ] && [ "$(head -c ${#expected} "$work/out")" = "$expected" ]
+  check "generate-text under TP 4 reproduces llama2.c's greedy continuation" $? || show
+
+  text="$SHARED/data/tinystories/tinystories_val.txt"
+  run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/stories" --text "$text" --set output.dir="$work/ppl1"
+  single=$(grep -o 'mean NLL [0-9.]*' "$work/out" | awk '{print $3}')
+  [ $code -eq 0 ] && [ -f "$work/ppl1/perplexity.json" ] && awk -v x="$single" 'BEGIN { exit !(x > 1.30 && x < 1.50) }'
+  check "eval ppl on TinyStories val: mean NLL $single nats/token, within 1.30-1.50" $? || show
+  cat "$work/out"
+  run "$work/out" "$work/err" -- "${MPI[@]}" -np 4 "$QFORGE" eval ppl --model "$work/stories" --text "$text" --set parallel.tp=2
+  grid=$(grep -o 'mean NLL [0-9.]*' "$work/out" | awk '{print $3}')
+  [ $code -eq 0 ] && awk -v a="$single" -v b="$grid" 'BEGIN { d = a - b; exit !(d < 2e-4 && d > -2e-4) }'
+  check "eval ppl under TP 2 x DP 2 ($grid) equals one rank ($single)" $? || show
+
+  head -c 100000 "$stories/stories260K.bin" >"$work/truncated.bin"
+  run "$work/out" "$work/err" -- "$QFORGE" convert llama2c --in "$work/truncated.bin" --out "$work/bad"
+  [ $code -ne 0 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] && grep -q "truncated.bin: 100000 bytes, but its header" "$work/err"     && [ ! -e "$work/bad/model.safetensors" ]
+  check "truncated llama2.c checkpoint: one error naming the file and the expected size" $? || show
+  run "$work/out" "$work/err" -- "${MPI[@]}" -np 2 "$QFORGE" eval ppl --model "$work/nowhere" --text "$text"
+  [ $code -ne 0 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] && grep -q "nowhere/config.json: cannot open" "$work/err"
+  check "eval ppl of a missing model under mpirun: one error line" $? || show
+else
+  echo "skip stories260K checks ($SHARED absent)"
 fi
 
 echo "$passes passed, $failures failed"

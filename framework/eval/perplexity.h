@@ -1,0 +1,33 @@
+// Perplexity of a token stream: non-overlapping windows of seq_len tokens (a trailing partial window is
+// dropped, as GPTQ's evaluation does), each scored on its tokens 1..seq_len-1 given the ones before. Windows
+// go round-robin to DP groups; the model runs over TP; the cross-entropy is computed vocabulary-sharded.
+#pragma once
+
+#include "framework/dist/communicator.h"
+#include "framework/model/transformer.h"
+
+#include <string>
+#include <vector>
+
+namespace qforge::tok {
+class Tokenizer;
+}
+
+namespace qforge::eval {
+
+struct PerplexityResult {
+  int64_t windows = 0;
+  int64_t tokens = 0;  // tokens scored
+  double mean_nll = 0;  // nats per token
+  double perplexity = 0;
+};
+
+// Collective over the model's TP group and over `dp`. Every rank returns the job-wide result.
+PerplexityResult perplexity(model::CausalLM& model, const torch::Tensor& tokens, int64_t seq_len, int64_t batch_size,
+                            dist::Communicator& dp);
+
+// A text file as one token stream: paragraphs (blocks separated by blank lines) encoded separately, each with
+// BOS, and concatenated. Throws naming the file when it cannot be read or holds no text.
+torch::Tensor tokenize_text_file(const std::string& path, const tok::Tokenizer& tokenizer);
+
+}  // namespace qforge::eval

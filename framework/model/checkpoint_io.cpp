@@ -1,0 +1,175 @@
+#include "framework/model/checkpoint_io.h"
+
+#include "framework/common/atomic_file.h"
+#include "framework/common/error.h"
+#include "framework/io/safetensors.h"
+#include "framework/log/log.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace qforge::model {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+void load_entry(const WeightEntry& e, const io::Checkpoint& checkpoint, const std::string& dir) {
+  if (!checkpoint.contains(e.name))
+    throw Error(fmt::format("{}: the checkpoint has no tensor '{}', which config.json implies", dir, e.name));
+  const io::TensorInfo& info = checkpoint.info(e.name);
+  if (info.shape != e.full_shape)
+    throw Error(fmt::format("{}: tensor '{}' has shape {}, config.json implies {}", dir, e.name,
+                            shape_text(info.shape), shape_text(e.full_shape)));
+  if (e.spec.replicated()) {
+    e.param.copy_(checkpoint.read(e.name, torch::kFloat));
+    return;
+  }
+  const int64_t stored = e.spec.stored_length();
+  e.param.zero_();  // vocabulary padding
+  if (stored > 0)
+    e.param.narrow(e.spec.dim, 0, stored).copy_(checkpoint.read(e.name, torch::kFloat, e.spec.dim, e.spec.start, stored));
+}
+
+// The full tensor of `e`, gathered over the TP group (padding dropped).
+torch::Tensor gather_full(const WeightEntry& e, dist::Communicator& tp) {
+  torch::Tensor local = e.param.detach().contiguous();
+  if (e.spec.replicated()) return local;
+  torch::Tensor full = tp.size() == 1 ? local : tp.all_gather(local, e.spec.dim);
+  return full.narrow(e.spec.dim, 0, e.spec.full_extent).contiguous();
+}
+
+}  // namespace
+
+void load_weights(CausalLM& model, const io::Checkpoint& checkpoint, const std::string& dir) {
+  torch::NoGradGuard no_grad;
+  const auto& entries = model.weights().entries();
+  log::Progress progress("loading " + dir, static_cast<int64_t>(entries.size()), "tensors", 5.0);
+  for (const WeightEntry& e : entries) {
+    load_entry(e, checkpoint, dir);
+    progress.advance();
+  }
+}
+
+std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp) {
+  ModelConfig config = ModelConfig::from_file((fs::path(dir) / "config.json").string());
+  auto model = std::make_shared<CausalLM>(config, tp);
+  io::Checkpoint checkpoint(dir);
+  load_weights(*model, checkpoint, dir);
+  model->eval();
+  return model;
+}
+
+void save_pretrained(CausalLM& model, const std::string& dir, bool write, int64_t max_shard_bytes) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const WeightEntry& e : model.weights().entries()) tensors.emplace_back(e.name, gather_full(e, model.tp()));
+  if (!write || model.tp().rank() != 0) return;
+  fs::create_directories(dir);
+  io::save_checkpoint(dir, tensors, max_shard_bytes, {{"format", "pt"}});
+  write_file_atomically((fs::path(dir) / "config.json").string(), model.config().to_json().dump(2) + "\n");
+}
+
+// ---- llama2.c ------------------------------------------------------------------------------------------------
+
+namespace {
+
+struct Llama2cHeader {
+  int32_t dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
+};
+
+// llama2.c pairs rotary dimensions (2i, 2i+1); Hugging Face pairs (i, i + head_dim/2). Rows of q/k move so
+// that the rotate-half model computes what llama2.c computes (the permute of HF's convert_llama_weights_to_hf).
+torch::Tensor interleaved_to_rotate_half(const torch::Tensor& w, int64_t heads) {
+  const int64_t rows = w.size(0), cols = w.size(1);
+  return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols}).contiguous();
+}
+
+}  // namespace
+
+void convert_llama2c(const std::string& path, const std::string& tokenizer_path, const std::string& out_dir) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open the llama2.c checkpoint", path));
+  Llama2cHeader h{};
+  if (!in.read(reinterpret_cast<char*>(&h), sizeof h))
+    throw Error(fmt::format("{}: shorter than the 28-byte llama2.c header", path));
+  const bool shared_classifier = h.vocab_size > 0;
+  const int64_t vocab = std::abs(h.vocab_size);
+  for (int32_t v : {h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads, h.seq_len})
+    if (v <= 0) throw Error(fmt::format("{}: header field {} is not positive; not a llama2.c legacy checkpoint", path, v));
+  if (vocab == 0 || h.dim % h.n_heads != 0 || h.n_heads % h.n_kv_heads != 0)
+    throw Error(fmt::format("{}: inconsistent llama2.c header (dim {}, heads {}, kv heads {}, vocab {})", path, h.dim,
+                            h.n_heads, h.n_kv_heads, h.vocab_size));
+  const int64_t dim = h.dim, hidden = h.hidden_dim, layers = h.n_layers, head_dim = dim / h.n_heads;
+  const int64_t kv_dim = h.n_kv_heads * head_dim;
+
+  // Tensors in file order: name, shape (per layer stacked along a leading dim where layers > 1).
+  struct Block { std::string name; std::vector<int64_t> shape; };
+  std::vector<Block> blocks = {{"embed", {vocab, dim}},        {"rms_att", {layers, dim}},
+                               {"wq", {layers, dim, dim}},      {"wk", {layers, kv_dim, dim}},
+                               {"wv", {layers, kv_dim, dim}},   {"wo", {layers, dim, dim}},
+                               {"rms_ffn", {layers, dim}},      {"w1", {layers, hidden, dim}},
+                               {"w2", {layers, dim, hidden}},   {"w3", {layers, hidden, dim}},
+                               {"rms_final", {dim}},            {"freq_cis", {2, h.seq_len, head_dim / 2}}};
+  if (!shared_classifier) blocks.push_back({"wcls", {vocab, dim}});
+  int64_t expected = sizeof h;
+  for (const auto& b : blocks) {
+    int64_t n = 1;
+    for (int64_t s : b.shape) n *= s;
+    expected += n * 4;
+  }
+  const int64_t actual = static_cast<int64_t>(fs::file_size(path));
+  if (actual != expected)
+    throw Error(fmt::format("{}: {} bytes, but its header (dim {}, hidden {}, layers {}, heads {}, kv heads {}, vocab {}, "
+                            "seq_len {}) implies {} bytes", path, actual, h.dim, h.hidden_dim, h.n_layers, h.n_heads,
+                            h.n_kv_heads, h.vocab_size, h.seq_len, expected));
+  std::map<std::string, torch::Tensor> raw;
+  for (const auto& b : blocks) {
+    torch::Tensor t = torch::empty(b.shape, torch::kFloat);
+    in.read(static_cast<char*>(t.data_ptr()), t.numel() * 4);
+    raw[b.name] = t;
+  }
+
+  ModelConfig c;
+  c.family = Family::kLlama;
+  c.vocab_size = vocab;
+  c.hidden_size = dim;
+  c.intermediate_size = hidden;
+  c.num_layers = layers;
+  c.num_heads = h.n_heads;
+  c.num_kv_heads = h.n_kv_heads;
+  c.max_positions = h.seq_len;
+  c.norm_eps = 1e-5;  // llama2.c's rmsnorm
+  c.tie_word_embeddings = shared_classifier;
+
+  std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"model.embed_tokens.weight", raw["embed"]}};
+  for (int64_t i = 0; i < layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    tensors.emplace_back(p + "input_layernorm.weight", raw["rms_att"][i]);
+    tensors.emplace_back(p + "self_attn.q_proj.weight", interleaved_to_rotate_half(raw["wq"][i], h.n_heads));
+    tensors.emplace_back(p + "self_attn.k_proj.weight", interleaved_to_rotate_half(raw["wk"][i], h.n_kv_heads));
+    tensors.emplace_back(p + "self_attn.v_proj.weight", raw["wv"][i]);
+    tensors.emplace_back(p + "self_attn.o_proj.weight", raw["wo"][i]);
+    tensors.emplace_back(p + "post_attention_layernorm.weight", raw["rms_ffn"][i]);
+    tensors.emplace_back(p + "mlp.gate_proj.weight", raw["w1"][i]);
+    tensors.emplace_back(p + "mlp.down_proj.weight", raw["w2"][i]);
+    tensors.emplace_back(p + "mlp.up_proj.weight", raw["w3"][i]);
+  }
+  tensors.emplace_back("model.norm.weight", raw["rms_final"]);
+  if (!shared_classifier) tensors.emplace_back("lm_head.weight", raw["wcls"]);
+  for (auto& [name, t] : tensors) t = t.contiguous();
+
+  fs::create_directories(out_dir);
+  io::save_checkpoint(out_dir, tensors, 0, {{"format", "pt"}, {"source", "llama2.c " + fs::path(path).filename().string()}});
+  write_file_atomically((fs::path(out_dir) / "config.json").string(), c.to_json().dump(2) + "\n");
+  if (!tokenizer_path.empty()) {
+    std::ifstream tok(tokenizer_path, std::ios::binary);
+    if (!tok) throw Error(fmt::format("{}: cannot open the tokenizer", tokenizer_path));
+    std::string bytes((std::istreambuf_iterator<char>(tok)), std::istreambuf_iterator<char>());
+    write_file_atomically((fs::path(out_dir) / "tokenizer.bin").string(), bytes);
+  }
+}
+
+}  // namespace qforge::model

@@ -1,0 +1,30 @@
+// Continuation of prompts with the KV cache, greedy or sampled (temperature, top-k, top-p), for a batch of
+// sequences. Logits stay vocabulary-sharded for greedy decoding; sampling gathers them over the TP group.
+#pragma once
+
+#include "framework/model/transformer.h"
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+namespace qforge::model {
+
+struct SamplingOptions {
+  double temperature = 0.0;  // 0: greedy (top-1)
+  int64_t top_k = 0;         // 0: no top-k cut
+  double top_p = 1.0;        // 1: no nucleus cut
+  uint64_t seed = 0;
+};
+
+// Next token per row from full logits [B, vocab]; `generator` drives the sampling.
+torch::Tensor sample_from_logits(const torch::Tensor& logits, const SamplingOptions& options, at::Generator& generator);
+
+// Continues every prompt by up to `max_new_tokens` tokens (fewer when a row reaches EOS, which is kept) or until
+// the model's context is full. Collective over the model's TP group; every TP rank returns the same tokens.
+// `on_token(row, token)` sees each new token as it is chosen.
+std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
+                                           int64_t max_new_tokens, const SamplingOptions& options,
+                                           const std::function<void(int64_t, int64_t)>& on_token = {});
+
+}  // namespace qforge::model

@@ -1,0 +1,226 @@
+#include "framework/model/transformer.h"
+
+#include "framework/common/error.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+
+namespace qforge::model {
+namespace {
+
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// Hugging Face's rotate-half rotary embedding; cos/sin [B, 1, T, head_dim] for positions [B, T].
+std::pair<torch::Tensor, torch::Tensor> rotary_tables(const torch::Tensor& positions, int64_t head_dim, double theta) {
+  torch::Tensor exponents = torch::arange(0, head_dim, 2, torch::kDouble) / static_cast<double>(head_dim);
+  torch::Tensor inv_freq = (1.0 / torch::pow(theta, exponents)).to(torch::kFloat);
+  torch::Tensor freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, hd/2]
+  torch::Tensor angles = torch::cat({freqs, freqs}, -1).unsqueeze(1);
+  return {angles.cos(), angles.sin()};
+}
+
+uint64_t fnv1a(const std::string& text, uint64_t seed) {
+  uint64_t hash = 1469598103934665603ULL ^ seed;
+  for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ULL;
+  return hash;
+}
+
+std::string layer_prefix(const ModelConfig& c, int64_t i) {
+  return c.family == Family::kLlama ? fmt::format("model.layers.{}.", i) : fmt::format("model.decoder.layers.{}.", i);
+}
+
+}  // namespace
+
+// ---- Norm ----------------------------------------------------------------------------------------------------
+
+NormImpl::NormImpl(const std::string& name, const ModelConfig& config, int64_t dim, WeightTable& table)
+    : rms_(config.family == Family::kLlama), eps_(config.norm_eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+  table.add(name + ".weight", weight, {dim}, ShardSpec{});
+  if (!rms_) {
+    bias = register_parameter("bias", torch::zeros({dim}));
+    table.add(name + ".bias", bias, {dim}, ShardSpec{});
+  }
+}
+
+torch::Tensor NormImpl::forward(const torch::Tensor& x) {
+  if (!rms_) return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps_);
+  torch::Tensor x32 = x.to(torch::kFloat);
+  torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+  return weight * normed.to(x.scalar_type());
+}
+
+// ---- Attention ---------------------------------------------------------------------------------------------
+
+AttentionImpl::AttentionImpl(const std::string& name, const ModelConfig& config, dist::Communicator& tp,
+                             WeightTable& table)
+    : config_(config),
+      local_heads_(config.num_heads / tp.size()),
+      local_kv_heads_(config.num_kv_heads / tp.size()) {
+  const bool bias = config.family == Family::kOpt;
+  const int64_t hidden = config.hidden_size, kv_width = config.num_kv_heads * config.head_dim();
+  q_proj = register_module("q_proj", ColumnParallelLinear(name + ".q_proj", hidden, hidden, bias, tp, table));
+  k_proj = register_module("k_proj", ColumnParallelLinear(name + ".k_proj", hidden, kv_width, bias, tp, table));
+  v_proj = register_module("v_proj", ColumnParallelLinear(name + ".v_proj", hidden, kv_width, bias, tp, table));
+  const std::string out_name = config.family == Family::kLlama ? ".o_proj" : ".out_proj";
+  o_proj = register_module("o_proj", RowParallelLinear(name + out_name, hidden, hidden, bias, tp, table));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* cache_keys,
+                                     torch::Tensor* cache_values) {
+  const int64_t batch = x.size(0), length = x.size(1), head_dim = config_.head_dim();
+  torch::Tensor q = q_proj(x).view({batch, length, local_heads_, head_dim}).transpose(1, 2);
+  torch::Tensor k = k_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2);
+  torch::Tensor v = v_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2);
+  if (kv_hook_pre_rope) kv_hook_pre_rope(k, v);
+  if (config_.family == Family::kLlama) {
+    auto [cos, sin] = rotary_tables(positions, head_dim, config_.rope_theta);
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+  }
+  if (kv_hook_post_rope) kv_hook_post_rope(k, v);
+
+  torch::Tensor key_positions = positions;
+  if (cache_keys) {
+    torch::Tensor slots = positions.view({batch, 1, length, 1}).expand({batch, local_kv_heads_, length, head_dim});
+    cache_keys->scatter_(2, slots, k.to(cache_keys->scalar_type()));
+    cache_values->scatter_(2, slots, v.to(cache_values->scalar_type()));
+    const int64_t used = positions.max().item<int64_t>() + 1;
+    k = cache_keys->narrow(2, 0, used);
+    v = cache_values->narrow(2, 0, used);
+    key_positions = torch::arange(used, positions.options()).unsqueeze(0).expand({batch, used});
+  }
+  if (local_heads_ != local_kv_heads_) {
+    k = k.repeat_interleave(local_heads_ / local_kv_heads_, 1);
+    v = v.repeat_interleave(local_heads_ / local_kv_heads_, 1);
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  torch::Tensor scores = torch::matmul(q.to(torch::kFloat), k.to(torch::kFloat).transpose(-2, -1)) * scale;
+  torch::Tensor visible = key_positions.view({batch, 1, 1, -1}) <= positions.view({batch, 1, length, 1});
+  scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
+  torch::Tensor probs = torch::softmax(scores, -1).to(v.scalar_type());
+  torch::Tensor context = torch::matmul(probs, v).transpose(1, 2).reshape({batch, length, local_heads_ * head_dim});
+  return o_proj(context);
+}
+
+// ---- MLP -----------------------------------------------------------------------------------------------------
+
+MlpImpl::MlpImpl(const std::string& prefix, const ModelConfig& config, dist::Communicator& tp, WeightTable& table)
+    : gated_(config.family == Family::kLlama) {
+  const int64_t hidden = config.hidden_size, width = config.intermediate_size;
+  if (gated_) {
+    gate = register_module("gate", ColumnParallelLinear(prefix + "mlp.gate_proj", hidden, width, false, tp, table));
+    up = register_module("up", ColumnParallelLinear(prefix + "mlp.up_proj", hidden, width, false, tp, table));
+    down = register_module("down", RowParallelLinear(prefix + "mlp.down_proj", width, hidden, false, tp, table));
+  } else {
+    up = register_module("up", ColumnParallelLinear(prefix + "fc1", hidden, width, true, tp, table));
+    down = register_module("down", RowParallelLinear(prefix + "fc2", width, hidden, true, tp, table));
+  }
+}
+
+torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
+  if (gated_) return down(torch::silu(gate(x)) * up(x));
+  return down(torch::relu(up(x)));
+}
+
+// ---- decoder block -----------------------------------------------------------------------------------------
+
+DecoderBlockImpl::DecoderBlockImpl(const std::string& prefix, const ModelConfig& config, dist::Communicator& tp,
+                                   WeightTable& table)
+    : norm_before_(config.norm_before) {
+  const bool llama = config.family == Family::kLlama;
+  attention_norm = register_module(
+      "attention_norm", Norm(prefix + (llama ? "input_layernorm" : "self_attn_layer_norm"), config, config.hidden_size, table));
+  attention = register_module("attention", Attention(prefix + "self_attn", config, tp, table));
+  mlp_norm = register_module(
+      "mlp_norm", Norm(prefix + (llama ? "post_attention_layernorm" : "final_layer_norm"), config, config.hidden_size, table));
+  mlp = register_module("mlp", Mlp(prefix, config, tp, table));
+}
+
+torch::Tensor DecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* cache_keys,
+                                        torch::Tensor* cache_values) {
+  if (norm_before_) {
+    torch::Tensor h = x + attention(attention_norm(x), positions, cache_keys, cache_values);
+    return h + mlp(mlp_norm(h));
+  }
+  torch::Tensor h = attention_norm(x + attention(x, positions, cache_keys, cache_values));  // OPT-350m: post-norm
+  return mlp_norm(h + mlp(h));
+}
+
+// ---- model ---------------------------------------------------------------------------------------------------
+
+CausalLM::CausalLM(ModelConfig config, dist::Communicator& tp) : config_(std::move(config)), tp_(tp) {
+  const ModelConfig& c = config_;
+  c.check_tensor_parallel(tp.size());
+  const bool llama = c.family == Family::kLlama;
+  const std::string base = llama ? "model." : "model.decoder.";
+  embed_tokens = register_module("embed_tokens", VocabParallelEmbedding(base + "embed_tokens", c.vocab_size, c.embed_dim(), tp, table_));
+  if (!llama) {
+    embed_positions = register_module("embed_positions", torch::nn::Embedding(c.max_positions + 2, c.hidden_size));
+    table_.add(base + "embed_positions.weight", embed_positions->weight, {c.max_positions + 2, c.hidden_size}, ShardSpec{});
+  }
+  if (c.has_projections()) {
+    project_in = register_module("project_in", torch::nn::Linear(torch::nn::LinearOptions(c.embed_dim(), c.hidden_size).bias(false)));
+    project_out = register_module("project_out", torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, c.embed_dim()).bias(false)));
+    table_.add(base + "project_in.weight", project_in->weight, {c.hidden_size, c.embed_dim()}, ShardSpec{});
+    table_.add(base + "project_out.weight", project_out->weight, {c.embed_dim(), c.hidden_size}, ShardSpec{});
+  }
+  for (int64_t i = 0; i < c.num_layers; ++i)
+    layers.push_back(register_module(fmt::format("layer{}", i), DecoderBlock(layer_prefix(c, i), c, tp, table_)));
+  if (llama || c.norm_before)
+    final_norm = register_module("final_norm", Norm(llama ? "model.norm" : "model.decoder.final_layer_norm", c, c.hidden_size, table_));
+  head = register_module("head", VocabParallelHead("lm_head", c.vocab_size, c.embed_dim(), tp, table_,
+                                                   c.tie_word_embeddings ? &embed_tokens : nullptr));
+}
+
+torch::Tensor CausalLM::forward(const torch::Tensor& ids, torch::Tensor positions, KvCache* cache) {
+  const int64_t batch = ids.size(0), length = ids.size(1);
+  if (!positions.defined()) positions = torch::arange(length, torch::kLong).unsqueeze(0).expand({batch, length});
+  if (cache && positions.max().item<int64_t>() >= cache->capacity)
+    throw Error(fmt::format("position {} is past the KV cache's capacity {}", positions.max().item<int64_t>(), cache->capacity));
+  torch::Tensor h = embed_tokens(ids);
+  if (project_in) h = project_in(h);
+  if (embed_positions) h = h + embed_positions(positions + 2);  // OPT's learned positions start at offset 2
+  for (std::size_t i = 0; i < layers.size(); ++i)
+    h = layers[i](h, positions, cache ? &cache->keys[i] : nullptr, cache ? &cache->values[i] : nullptr);
+  if (final_norm) h = final_norm(h);
+  if (project_out) h = project_out(h);
+  return head(h).to(torch::kFloat);
+}
+
+KvCache CausalLM::make_cache(int64_t batch, int64_t capacity) const {
+  KvCache cache;
+  cache.capacity = capacity;
+  const int64_t local_kv = config_.num_kv_heads / tp_.size();
+  torch::TensorOptions options = embed_tokens->weight.options().requires_grad(false);
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    cache.keys.push_back(torch::zeros({batch, local_kv, capacity, config_.head_dim()}, options));
+    cache.values.push_back(torch::zeros({batch, local_kv, capacity, config_.head_dim()}, options));
+  }
+  return cache;
+}
+
+void init_random(CausalLM& model, uint64_t seed, double std) {
+  torch::NoGradGuard no_grad;
+  for (const WeightEntry& e : model.weights().entries()) {
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(fnv1a(e.name, seed));
+    torch::Tensor full = torch::randn(e.full_shape, generator, torch::kFloat) * std;
+    const bool is_norm = e.name.find("norm") != std::string::npos;
+    if (is_norm && e.name.size() > 7 && e.name.compare(e.name.size() - 7, 7, ".weight") == 0) full = full * 5 + 1.0;
+    if (e.spec.replicated()) {
+      e.param.copy_(full);
+    } else {
+      const int64_t stored = e.spec.stored_length();
+      e.param.zero_();
+      e.param.narrow(e.spec.dim, 0, stored).copy_(full.narrow(e.spec.dim, e.spec.start, stored));
+    }
+  }
+}
+
+}  // namespace qforge::model

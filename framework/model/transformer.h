@@ -1,0 +1,115 @@
+// One decoder-only transformer for the LLaMA and OPT families, tensor-parallel over a TP communicator.
+// The family only switches options: RMSNorm or LayerNorm, rotary or learned positions, SwiGLU or ReLU MLP,
+// biases, pre- or post-norm, OPT's project_in/out. Parameters are registered in a WeightTable under their
+// Hugging Face names. The same modules run under autograd (training) and in inference with a KV cache.
+#pragma once
+
+#include "framework/dist/communicator.h"
+#include "framework/model/model_config.h"
+#include "framework/model/parallel.h"
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <vector>
+
+namespace qforge::model {
+
+// Keys and values of every layer for a batch of sequences: [batch, local kv heads, capacity, head_dim].
+// Each row writes at its own positions; attention reads only positions <= the query's, so a row can be
+// restarted at position 0 without clearing what an earlier sequence left behind.
+struct KvCache {
+  std::vector<torch::Tensor> keys, values;
+  int64_t capacity = 0;
+};
+
+class NormImpl : public torch::nn::Module {
+ public:
+  NormImpl(const std::string& name, const ModelConfig& config, int64_t dim, WeightTable& table);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;
+
+ private:
+  bool rms_;
+  double eps_;
+};
+TORCH_MODULE(Norm);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const std::string& name, const ModelConfig& config, dist::Communicator& tp, WeightTable& table);
+  // x [B, T, hidden]; positions [B, T]; cache: (keys, values) of this layer or undefined tensors.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* cache_keys,
+                        torch::Tensor* cache_values);
+  ColumnParallelLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr};
+  RowParallelLinear o_proj{nullptr};
+  // Called on (keys, values) [B, local kv heads, T, head_dim] before RoPE and after it (before the cache):
+  // where KV-cache quantizers attach. Empty: identity.
+  std::function<void(torch::Tensor& keys, torch::Tensor& values)> kv_hook_pre_rope, kv_hook_post_rope;
+
+ private:
+  const ModelConfig& config_;
+  int64_t local_heads_, local_kv_heads_;
+};
+TORCH_MODULE(Attention);
+
+class MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(const std::string& prefix, const ModelConfig& config, dist::Communicator& tp, WeightTable& table);
+  torch::Tensor forward(const torch::Tensor& x);
+  ColumnParallelLinear gate{nullptr}, up{nullptr};  // LLaMA gate_proj, up_proj; OPT fc1 (up)
+  RowParallelLinear down{nullptr};                   // LLaMA down_proj; OPT fc2
+
+ private:
+  bool gated_;
+};
+TORCH_MODULE(Mlp);
+
+class DecoderBlockImpl : public torch::nn::Module {
+ public:
+  DecoderBlockImpl(const std::string& prefix, const ModelConfig& config, dist::Communicator& tp, WeightTable& table);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* cache_keys,
+                        torch::Tensor* cache_values);
+  Norm attention_norm{nullptr}, mlp_norm{nullptr};
+  Attention attention{nullptr};
+  Mlp mlp{nullptr};
+
+ private:
+  bool norm_before_;
+};
+TORCH_MODULE(DecoderBlock);
+
+class CausalLM : public torch::nn::Module {
+ public:
+  CausalLM(ModelConfig config, dist::Communicator& tp);
+
+  // Logits of this rank's vocabulary shard, fp32 [B, T, local vocab]. `positions` [B, T] (undefined:
+  // 0..T-1 for every row). With a cache, keys and values are written at `positions` and attention reads
+  // the cache; without one, attention is causal over `positions` within `ids`.
+  torch::Tensor forward(const torch::Tensor& ids, torch::Tensor positions = {}, KvCache* cache = nullptr);
+
+  KvCache make_cache(int64_t batch, int64_t capacity) const;
+
+  const ModelConfig& config() const { return config_; }
+  dist::Communicator& tp() { return tp_; }
+  const WeightTable& weights() const { return table_; }
+  int64_t vocab_start() const { return head->vocab_start(); }
+
+  VocabParallelEmbedding embed_tokens{nullptr};
+  torch::nn::Embedding embed_positions{nullptr};  // OPT
+  torch::nn::Linear project_in{nullptr}, project_out{nullptr};  // OPT-350m
+  std::vector<DecoderBlock> layers;
+  Norm final_norm{nullptr};
+  VocabParallelHead head{nullptr};
+
+ private:
+  ModelConfig config_;
+  dist::Communicator& tp_;
+  WeightTable table_;
+};
+
+// Every parameter of `model` from a deterministic N(0, std) draw (norm weights 1, biases small): the same full
+// tensors on every TP size, sliced per rank, so sharded and unsharded models can be compared.
+void init_random(CausalLM& model, uint64_t seed, double std = 0.02);
+
+}  // namespace qforge::model

@@ -1,0 +1,132 @@
+// qforge convert, eval, generate-text: the model commands.
+#include "launch/model_commands.h"
+
+#include "framework/common/atomic_file.h"
+#include "framework/common/error.h"
+#include "framework/eval/perplexity.h"
+#include "framework/log/log.h"
+#include "framework/model/checkpoint_io.h"
+#include "framework/model/generation.h"
+#include "framework/tokenizer/tokenizer.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+
+namespace qforge {
+namespace fs = std::filesystem;
+namespace {
+
+std::string required_option(const CommandContext& context, const std::string& name) {
+  auto it = context.line.options.find(name);
+  if (it == context.line.options.end() || it->second.empty())
+    throw UsageError(fmt::format("qforge {}: --{} is required", context.line.command, name));
+  return it->second;
+}
+
+const std::string& required_setting(const std::string& value, const char* key, const char* option) {
+  if (value.empty()) throw UsageError(fmt::format("{} is required (config key {}, or --{})", key, key, option));
+  return value;
+}
+
+std::string tokenizer_path(const ModelSettings& model) {
+  if (!model.tokenizer.empty()) return model.tokenizer;
+  for (const char* name : {"tokenizer.model", "tokenizer.bin"}) {
+    fs::path candidate = fs::path(model.path) / name;
+    if (fs::exists(candidate)) return candidate.string();
+  }
+  throw UsageError(fmt::format("{} has no tokenizer.model or tokenizer.bin; set model.tokenizer (or --tokenizer)", model.path));
+}
+
+void write_outputs(const CommandContext& context, const std::string& name, const std::string& contents) {
+  const std::string& dir = context.config.output.dir;
+  if (dir.empty() || context.runtime.rank() != 0) return;
+  write_file_atomically((fs::path(dir) / name).string(), contents);
+  config::save_resolved(config::to_yaml(context.config), dir);
+  log::info("wrote {} and {} to {}", name, config::kResolvedConfigName, dir);
+}
+
+int run_convert(CommandContext& context) {
+  const std::string& format = context.line.positionals.at(0);
+  if (format != "llama2c") throw UsageError(fmt::format("qforge convert: unknown format '{}' (expected llama2c)", format));
+  const std::string in = required_option(context, "in"), out = required_option(context, "out");
+  const auto tokenizer = context.line.options.count("tokenizer") ? context.line.options.at("tokenizer") : std::string();
+  if (context.runtime.rank() == 0) {
+    model::convert_llama2c(in, tokenizer, out);
+    log::info("converted {} to a Hugging Face LLaMA checkpoint in {}", in, out);
+  }
+  context.runtime.world().barrier();
+  return 0;
+}
+
+int run_eval(CommandContext& context) {
+  const std::string& task = context.line.positionals.at(0);
+  if (task != "ppl") throw UsageError(fmt::format("qforge eval: unknown task '{}' (expected ppl)", task));
+  const QforgeConfig& c = context.config;
+  required_setting(c.model.path, "model.path", "model");
+  required_setting(c.eval.text, "eval.text", "text");
+  dist::Grid grid(context.runtime, c.parallel.tp);
+  auto model = model::load_pretrained(c.model.path, grid.tp_group());
+  auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
+  torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
+  const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model->config().max_positions;
+  log::info("{}: {} tokens ({} tokenizer, paragraphs with BOS), windows of {} on {}", c.eval.text, tokens.numel(),
+            tokenizer->kind(), seq_len, grid.describe());
+  eval::PerplexityResult r = eval::perplexity(*model, tokens, seq_len, c.eval.batch_size, grid.dp_group());
+  const std::string report = fmt::format("perplexity of {}: {} tokens scored in {} windows of {}, mean NLL {:.4f} nats/token, perplexity {:.4f}\n",
+                                         c.eval.text, r.tokens, r.windows, seq_len, r.mean_nll, r.perplexity);
+  if (context.runtime.rank() == 0) std::fputs(report.c_str(), stdout);
+  nlohmann::json json = {{"text", c.eval.text}, {"model", c.model.path}, {"seq_len", seq_len}, {"windows", r.windows},
+                         {"tokens", r.tokens}, {"mean_nll", r.mean_nll}, {"perplexity", r.perplexity}};
+  write_outputs(context, "perplexity.json", json.dump(2) + "\n");
+  return 0;
+}
+
+int run_generate_text(CommandContext& context) {
+  const QforgeConfig& c = context.config;
+  required_setting(c.model.path, "model.path", "model");
+  dist::Grid grid(context.runtime, c.parallel.tp);
+  auto model = model::load_pretrained(c.model.path, grid.tp_group());
+  auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
+  const GenerateTextSettings& g = c.generate_text;
+  std::vector<int64_t> prompt = tokenizer->encode(g.prompt, /*bos=*/true, /*eos=*/false);
+  model::SamplingOptions options{g.temperature, g.top_k, g.top_p, static_cast<uint64_t>(g.seed)};
+  auto tokens = model::generate(*model, {prompt}, g.max_new_tokens, options);
+  std::vector<int64_t> all = prompt;
+  all.insert(all.end(), tokens[0].begin(), tokens[0].end());
+  const std::string text = tokenizer->decode(all);
+  if (context.runtime.rank() == 0) std::printf("%s\n", text.c_str());
+  write_outputs(context, "generated.txt", text + "\n");
+  return 0;
+}
+
+}  // namespace
+
+std::vector<Command> model_commands() {
+  using config::OptionSpec;
+  const OptionSpec model_option{"model", true, "Hugging Face checkpoint directory", "model.path"};
+  const OptionSpec tokenizer_option{"tokenizer", true, "tokenizer.model or tokenizer.bin (default: the model's)",
+                                    "model.tokenizer"};
+  return {
+      {{"convert", "import a checkpoint: convert llama2c --in X.bin --tokenizer T.bin --out DIR",
+        {{"in", true, "the checkpoint to import"}, {"out", true, "output directory (Hugging Face layout)"},
+         {"tokenizer", true, "tokenizer to copy beside it"}},
+        {"format"}},
+       run_convert},
+      {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N]",
+        {model_option, tokenizer_option, {"text", true, "text file", "eval.text"}, {"seq-len", true, "window length", "eval.seq_len"},
+         {"batch-size", true, "windows per forward pass", "eval.batch_size"}},
+        {"task"}},
+       run_eval},
+      {{"generate-text", "continue a prompt: generate-text --model DIR --prompt TEXT",
+        {model_option, tokenizer_option, {"prompt", true, "text to continue", "generate_text.prompt"},
+         {"max-new-tokens", true, "tokens to generate", "generate_text.max_new_tokens"},
+         {"temperature", true, "0: greedy", "generate_text.temperature"}, {"top-k", true, "0: off", "generate_text.top_k"},
+         {"top-p", true, "1: off", "generate_text.top_p"}, {"seed", true, "sampling seed", "generate_text.seed"}}},
+       run_generate_text},
+  };
+}
+
+}  // namespace qforge

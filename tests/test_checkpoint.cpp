@@ -1,0 +1,239 @@
+// Hugging Face checkpoints through the tensor-parallel model: save under one TP size and load under another,
+// errors for checkpoints that disagree with config.json, peak memory of loading a TP shard, and the real
+// stories260K model imported from llama2.c.
+#include "framework/common/error.h"
+#include "framework/dist/runtime.h"
+#include "framework/eval/perplexity.h"
+#include "framework/io/safetensors.h"
+#include "framework/model/checkpoint_io.h"
+#include "framework/model/generation.h"
+#include "framework/tokenizer/tokenizer.h"
+#include "tests/test_support.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace qforge::model {
+namespace {
+namespace fs = std::filesystem;
+
+constexpr double kLogitAbsTol = 2e-5;
+constexpr double kLogitRelTol = 1e-4;
+
+dist::Runtime& runtime() { return *dist::Runtime::current(); }
+
+// A directory every rank agrees on (named by rank 0's pid), removed at the end.
+class SharedDir {
+ public:
+  explicit SharedDir(const std::string& tag) {
+    torch::Tensor pid = torch::tensor({static_cast<int64_t>(::getpid())});
+    runtime().world().broadcast(pid, 0);
+    path_ = (fs::temp_directory_path() / fmt::format("qforge_{}_{}", tag, pid.item<int64_t>())).string();
+  }
+  ~SharedDir() {
+    runtime().world().barrier();
+    if (runtime().rank() == 0) fs::remove_all(path_);
+  }
+  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
+
+ private:
+  std::string path_;
+};
+
+ModelConfig small_llama() {
+  ModelConfig c;
+  c.vocab_size = 250;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_layers = 2;
+  c.num_heads = 8;
+  c.num_kv_heads = 4;
+  c.max_positions = 64;
+  return c;
+}
+
+torch::Tensor logits_of(CausalLM& model, const torch::Tensor& ids) {
+  torch::NoGradGuard no_grad;
+  return gather_vocab(model.forward(ids), model.tp(), model.config().vocab_size);
+}
+
+TEST(Checkpoint, SavedUnderOneTpSizeLoadsUnderAnother) {
+  SharedDir dir("ckpt");
+  const ModelConfig config = small_llama();
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(3);
+  torch::Tensor ids = torch::randint(config.vocab_size, {2, 10}, generator, torch::kLong);
+  const int world = runtime().size();
+  dist::Grid save_grid(runtime(), world);  // save from the widest TP
+  CausalLM saved(config, save_grid.tp_group());
+  init_random(saved, 99);
+  torch::Tensor expected = logits_of(saved, ids);
+  save_pretrained(saved, dir / "single", save_grid.dp_rank() == 0);
+  save_pretrained(saved, dir / "sharded", save_grid.dp_rank() == 0, /*max_shard_bytes=*/20000);
+  runtime().world().barrier();
+  EXPECT_TRUE(fs::exists(dir / "sharded/model.safetensors.index.json"));
+  for (const char* layout : {"single", "sharded"})
+    for (int tp = 1; tp <= world; ++tp) {
+      if (world % tp != 0) continue;
+      dist::Grid grid(runtime(), tp);
+      auto loaded = load_pretrained(dir / layout, grid.tp_group());
+      EXPECT_EQ(loaded->config().to_json(), config.to_json());
+      torch::Tensor logits = logits_of(*loaded, ids);
+      const double error = (logits - expected).abs().max().item<double>();
+      EXPECT_LE(error, kLogitAbsTol + kLogitRelTol * expected.abs().max().item<double>())
+          << layout << " saved under TP " << world << ", loaded under TP " << tp;
+    }
+}
+
+class BadCheckpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::make_unique<SharedDir>("bad");
+    CausalLM model(small_llama(), runtime().self());
+    init_random(model, 1);
+    save_pretrained(model, *dir_ / "model", runtime().rank() == 0);
+    runtime().world().barrier();
+  }
+  void TearDown() override { dir_.reset(); }
+
+  // The error of loading the checkpoint with config.json edited by `edit`.
+  std::string load_error(const std::function<void(nlohmann::json&)>& edit) {
+    if (runtime().rank() == 0) {
+      nlohmann::json config = small_llama().to_json();
+      edit(config);
+      std::ofstream(*dir_ / "model/config.json") << config.dump();
+    }
+    runtime().world().barrier();
+    try {
+      load_pretrained(*dir_ / "model", runtime().self());
+      return "";
+    } catch (const Error& e) {
+      return e.what();
+    }
+  }
+  std::unique_ptr<SharedDir> dir_;
+};
+
+TEST_F(BadCheckpoint, ShapeThatDisagreesWithConfigJson) {
+  std::string e = load_error([](nlohmann::json& c) { c["intermediate_size"] = 64; });
+  EXPECT_NE(e.find("tensor 'model.layers.0.mlp.gate_proj.weight' has shape [48, 32], config.json implies [64, 32]"),
+            std::string::npos) << e;
+}
+
+TEST_F(BadCheckpoint, MissingTensor) {
+  std::string e = load_error([](nlohmann::json& c) { c["num_hidden_layers"] = 3; });
+  EXPECT_NE(e.find("the checkpoint has no tensor 'model.layers.2.input_layernorm.weight'"), std::string::npos) << e;
+}
+
+TEST_F(BadCheckpoint, ConfigJsonErrorsNameTheKey) {
+  EXPECT_NE(load_error([](nlohmann::json& c) { c.erase("hidden_size"); }).find("config.json: missing key 'hidden_size'"),
+            std::string::npos);
+  EXPECT_NE(load_error([](nlohmann::json& c) { c["model_type"] = "gpt2"; }).find("model_type 'gpt2' is not supported"),
+            std::string::npos);
+  EXPECT_NE(load_error([](nlohmann::json& c) { c["num_attention_heads"] = 5; }).find("hidden_size 32 is not a multiple of num_attention_heads 5"),
+            std::string::npos);
+}
+
+int64_t status_kib(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field, 0) == 0) return std::stoll(line.substr(std::strlen(field)));
+  return -1;
+}
+
+// A rank loading its TP shard of a 240 MB model: peak resident memory grows by about the shard, not the model.
+TEST(Checkpoint, PeakMemoryOfLoadingATpShardFallsWithTp) {
+  SharedDir dir("peak");
+  ModelConfig config;
+  config.vocab_size = 32000;
+  config.hidden_size = 512;
+  config.intermediate_size = 1536;
+  config.num_layers = 8;
+  config.num_heads = 8;
+  config.num_kv_heads = 8;
+  config.max_positions = 256;
+  int64_t model_bytes = 0;
+  if (runtime().rank() == 0) {
+    CausalLM full(config, runtime().self());
+    init_random(full, 5);
+    for (const auto& e : full.weights().entries()) model_bytes += e.param.numel() * 4;
+    save_pretrained(full, dir / "big", true);
+  }
+  torch::Tensor bytes = torch::tensor({model_bytes});
+  runtime().world().broadcast(bytes, 0);
+  model_bytes = bytes.item<int64_t>();
+  ASSERT_GE(model_bytes, 200LL << 20);
+
+  const int tp = runtime().size();
+  dist::Grid grid(runtime(), tp);
+  { std::ofstream("/proc/self/clear_refs") << "5"; }  // resets VmHWM to the current RSS
+  const int64_t before = status_kib("VmRSS:");
+  auto model = load_pretrained(dir / "big", grid.tp_group());
+  const int64_t peak = status_kib("VmHWM:");
+  int64_t shard_bytes = 0, largest = 0;
+  for (const auto& e : model->weights().entries()) {
+    shard_bytes += e.param.numel() * 4;
+    largest = std::max<int64_t>(largest, e.param.numel() * 4);
+  }
+  const double increase_mb = (peak - before) / 1024.0;
+  torch::Tensor worst = torch::tensor({increase_mb}, torch::kDouble);
+  runtime().world().all_reduce(worst, dist::ReduceOp::kMax);
+  if (runtime().rank() == 0)
+    std::printf("model load TP=%d: model %.1f MB, shard %.1f MB, peak RSS increase %.1f MB (worst rank)\n", tp,
+                model_bytes / 1048576.0, shard_bytes / 1048576.0, worst.item<double>());
+  EXPECT_LE(increase_mb, (shard_bytes + largest) / 1048576.0 + 32.0);
+}
+
+// ---- stories260K (../shared) ---------------------------------------------------------------------------------
+
+constexpr const char* kExpectedContinuation =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw "
+    "a big, red ball. She wanted to play with it, but it was too high";
+
+class Stories260K : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    shared_ = test::shared_dir();
+    if (shared_.empty()) GTEST_SKIP() << "../shared is absent: real-model test skipped";
+    dir_ = std::make_unique<SharedDir>("stories");
+    if (runtime().rank() == 0)
+      convert_llama2c(shared_ + "/models/stories260K/stories260K.bin", shared_ + "/models/stories260K/tok512.bin",
+                      *dir_ / "model");
+    runtime().world().barrier();
+  }
+  void TearDown() override { dir_.reset(); }
+  std::string shared_;
+  std::unique_ptr<SharedDir> dir_;
+};
+
+TEST_F(Stories260K, GreedyContinuationIsLlama2csOwn) {
+  dist::Grid grid(runtime(), runtime().size());
+  auto model = load_pretrained(*dir_ / "model", grid.tp_group());
+  auto tokenizer = tok::load_tokenizer(*dir_ / "model/tokenizer.bin");
+  std::vector<int64_t> prompt = tokenizer->encode("Once upon a time", true, false);
+  auto generated = generate(*model, {prompt}, 60, SamplingOptions{});
+  prompt.insert(prompt.end(), generated[0].begin(), generated[0].end());
+  const std::string text = tokenizer->decode(prompt);
+  EXPECT_EQ(text.substr(0, std::strlen(kExpectedContinuation)), kExpectedContinuation) << text;
+}
+
+TEST_F(Stories260K, TinyStoriesPerplexityMatchesTheReportedLoss) {
+  dist::Grid grid(runtime(), runtime().size() >= 2 ? 2 : 1);
+  auto model = load_pretrained(*dir_ / "model", grid.tp_group());
+  auto tokenizer = tok::load_tokenizer(*dir_ / "model/tokenizer.bin");
+  torch::Tensor tokens = eval::tokenize_text_file(shared_ + "/data/tinystories/tinystories_val.txt", *tokenizer);
+  eval::PerplexityResult r = eval::perplexity(*model, tokens, 512, 8, grid.dp_group());
+  if (runtime().rank() == 0)
+    std::printf("stories260K on tinystories_val.txt (%s): %lld tokens in %lld windows of 512, mean NLL %.4f, ppl %.4f\n",
+                grid.describe().c_str(), static_cast<long long>(r.tokens), static_cast<long long>(r.windows), r.mean_nll,
+                r.perplexity);
+  EXPECT_GT(r.mean_nll, 1.30);
+  EXPECT_LT(r.mean_nll, 1.50);
+}
+
+}  // namespace
+}  // namespace qforge::model

@@ -1,0 +1,249 @@
+// The tensor-parallel transformer against an unsharded reference in the same process: logits, gradients, KV-cache
+// decoding and perplexity, for LLaMA (multi-head and grouped-query) and OPT (pre-norm and OPT-350m's post-norm
+// with project_in/out), as 1, 2 and 4 MPI ranks over every TP x DP grid the world allows.
+#include "framework/common/error.h"
+#include "framework/dist/runtime.h"
+#include "framework/eval/perplexity.h"
+#include "framework/model/generation.h"
+#include "framework/model/parallel.h"
+#include "framework/model/transformer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
+namespace qforge::model {
+namespace {
+
+// fp32 tolerances: TP changes only the order of summation (a few ulps per reduction, amplified by depth).
+constexpr double kLogitAbsTol = 2e-5;
+constexpr double kLogitRelTol = 1e-4;
+constexpr double kGradAbsTol = 1e-6;
+constexpr double kGradRelTol = 1e-3;
+constexpr double kNllAbsTol = 1e-5;
+
+dist::Runtime& runtime() { return *dist::Runtime::current(); }
+
+std::vector<int> tp_sizes() {
+  std::vector<int> sizes;
+  for (int tp = 1; tp <= runtime().size(); ++tp)
+    if (runtime().size() % tp == 0) sizes.push_back(tp);
+  return sizes;
+}
+
+ModelConfig llama(int64_t heads, int64_t kv_heads, bool tied) {
+  ModelConfig c;
+  c.family = Family::kLlama;
+  c.vocab_size = 250;  // not a multiple of 4: exercises vocabulary padding
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_layers = 2;
+  c.num_heads = heads;
+  c.num_kv_heads = kv_heads;
+  c.max_positions = 64;
+  c.tie_word_embeddings = tied;
+  return c;
+}
+
+ModelConfig opt(bool post_norm_with_projections) {
+  ModelConfig c;
+  c.family = Family::kOpt;
+  c.vocab_size = 203;
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 4;
+  c.max_positions = 64;
+  c.tie_word_embeddings = true;
+  c.norm_before = !post_norm_with_projections;
+  c.word_embed_proj_dim = post_norm_with_projections ? 24 : 32;
+  return c;
+}
+
+struct NamedConfig {
+  const char* name;
+  ModelConfig config;
+};
+std::vector<NamedConfig> configs() {
+  return {{"llama multi-head, untied", llama(4, 4, false)},
+          {"llama grouped-query 8/4, tied", llama(8, 4, true)},
+          {"opt pre-norm", opt(false)},
+          {"opt-350m style: post-norm, project_in/out", opt(true)}};
+}
+
+torch::Tensor random_ids(int64_t batch, int64_t length, int64_t vocab, uint64_t seed) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return torch::randint(vocab, {batch, length}, generator, torch::kLong);
+}
+
+void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, double abs_tol, double rel_tol,
+                  const std::string& what) {
+  ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
+  const double max_error = (actual - expected).abs().max().item<double>();
+  const double scale = expected.abs().max().item<double>();
+  EXPECT_LE(max_error, abs_tol + rel_tol * scale) << what << ": max |error| " << max_error << " at scale " << scale;
+}
+
+TEST(TensorParallel, LogitsMatchTheUnshardedModel) {
+  for (const auto& [name, config] : configs())
+    for (int tp : tp_sizes()) {
+      if (config.num_kv_heads % tp != 0) continue;
+      dist::Grid grid(runtime(), tp);
+      CausalLM sharded(config, grid.tp_group()), reference(config, runtime().self());
+      init_random(sharded, 7);
+      init_random(reference, 7);
+      torch::NoGradGuard no_grad;
+      torch::Tensor ids = random_ids(3, 17, config.vocab_size, 11);
+      torch::Tensor logits = gather_vocab(sharded.forward(ids), grid.tp_group(), config.vocab_size);
+      torch::Tensor expected = reference.forward(ids).narrow(-1, 0, config.vocab_size);
+      expect_close(logits, expected, kLogitAbsTol, kLogitRelTol, fmt::format("{} under TP {}", name, tp));
+      EXPECT_GT(expected.std().item<double>(), 1e-3) << "random weights must give non-trivial logits";
+    }
+}
+
+TEST(TensorParallel, PaddedVocabularyNeverReceivesProbability) {
+  ModelConfig config = llama(4, 4, false);
+  const int tp = runtime().size();
+  if (config.num_heads % tp != 0 || config.intermediate_size % tp != 0) GTEST_SKIP() << "tp " << tp;
+  dist::Grid grid(runtime(), tp);
+  CausalLM model(config, grid.tp_group());
+  init_random(model, 3);
+  torch::NoGradGuard no_grad;
+  torch::Tensor logits = model.forward(random_ids(1, 5, config.vocab_size, 1));
+  torch::Tensor full = grid.tp_group().all_gather(logits, -1);
+  const int64_t padded = full.size(-1) - config.vocab_size;
+  EXPECT_EQ(padded, (tp - config.vocab_size % tp) % tp);
+  if (padded > 0) EXPECT_TRUE(torch::isinf(full.narrow(-1, config.vocab_size, padded)).all().item<bool>());
+  torch::Tensor probs = torch::softmax(full, -1);
+  EXPECT_NEAR(probs.narrow(-1, 0, config.vocab_size).sum(-1).min().item<double>(), 1.0, 1e-5);
+}
+
+TEST(TensorParallel, HeadsThatDoNotSplitAreAUsageError) {
+  if (runtime().size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  dist::Grid grid(runtime(), 2);
+  try {
+    CausalLM model(llama(4, 1, false), grid.tp_group());  // multi-query: one key/value head
+    FAIL() << "expected a UsageError";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("parallel.tp = 2 does not divide the model's 1 key/value heads"), std::string::npos)
+        << e.what();
+  }
+}
+
+// The vocabulary-parallel cross-entropy and the TP model's gradients against torch's own cross_entropy on the
+// unsharded model.
+TEST(TensorParallel, GradientsMatchTheUnshardedModel) {
+  for (const auto& [name, config] : configs())
+    for (int tp : tp_sizes()) {
+      if (config.num_kv_heads % tp != 0) continue;
+      dist::Grid grid(runtime(), tp);
+      CausalLM sharded(config, grid.tp_group()), reference(config, runtime().self());
+      init_random(sharded, 5);
+      init_random(reference, 5);
+      torch::Tensor ids = random_ids(2, 9, config.vocab_size, 21);
+      torch::Tensor targets = random_ids(2, 9, config.vocab_size, 22).reshape({-1});
+
+      torch::Tensor logits = sharded.forward(ids);
+      torch::Tensor loss = vocab_parallel_cross_entropy(logits.reshape({-1, logits.size(-1)}), targets,
+                                                        grid.tp_group(), sharded.vocab_start()).mean();
+      loss.backward();
+      torch::Tensor ref_logits = reference.forward(ids).narrow(-1, 0, config.vocab_size);
+      torch::Tensor ref_loss = torch::nn::functional::cross_entropy(ref_logits.reshape({-1, config.vocab_size}), targets);
+      ref_loss.backward();
+      const std::string where = fmt::format("{} under TP {}", name, tp);
+      EXPECT_NEAR(loss.item<double>(), ref_loss.item<double>(), kNllAbsTol) << where;
+
+      const auto& mine = sharded.weights().entries();
+      const auto& theirs = reference.weights().entries();
+      ASSERT_EQ(mine.size(), theirs.size());
+      for (std::size_t i = 0; i < mine.size(); ++i) {
+        ASSERT_EQ(mine[i].name, theirs[i].name);
+        ASSERT_TRUE(mine[i].param.grad().defined()) << mine[i].name;
+        torch::Tensor expected = theirs[i].param.grad();
+        torch::Tensor actual = mine[i].param.grad();
+        if (!mine[i].spec.replicated()) {
+          const int64_t stored = mine[i].spec.stored_length();
+          expected = expected.narrow(mine[i].spec.dim, mine[i].spec.start, stored);
+          actual = actual.narrow(mine[i].spec.dim, 0, stored);
+        }
+        expect_close(actual, expected, kGradAbsTol, kGradRelTol, where + ", grad of " + mine[i].name);
+      }
+    }
+}
+
+TEST(KvCache, IncrementalDecodingMatchesTheFullForward) {
+  for (const auto& [name, config] : configs()) {
+    const int tp = runtime().size() % 2 == 0 ? 2 : 1;
+    dist::Grid grid(runtime(), tp);
+    CausalLM model(config, grid.tp_group());
+    init_random(model, 9);
+    torch::NoGradGuard no_grad;
+    torch::Tensor ids = random_ids(2, 12, config.vocab_size, 31);
+    torch::Tensor full = model.forward(ids);
+    KvCache cache = model.make_cache(2, 16);
+    std::vector<torch::Tensor> steps = {model.forward(ids.narrow(1, 0, 5), torch::arange(5).expand({2, 5}), &cache)};
+    for (int64_t t = 5; t < 12; ++t)
+      steps.push_back(model.forward(ids.narrow(1, t, 1), torch::full({2, 1}, t, torch::kLong), &cache));
+    expect_close(torch::cat(steps, 1), full, kLogitAbsTol, kLogitRelTol, fmt::format("{}: cached vs full", name));
+  }
+}
+
+TEST(Generation, BatchedPromptsOfDifferentLengthsMatchOneAtATime) {
+  ModelConfig config = llama(8, 4, true);
+  const int tp = runtime().size() % 2 == 0 ? 2 : 1;
+  dist::Grid grid(runtime(), tp);
+  CausalLM model(config, grid.tp_group());
+  init_random(model, 13, 0.2);  // larger weights: peaked distributions, so greedy choices are not near-ties
+  std::vector<std::vector<int64_t>> prompts = {{5, 9, 17, 3}, {44}, {7, 7, 100, 200, 31, 8, 2}};
+  auto together = generate(model, prompts, 10, SamplingOptions{});
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    auto alone = generate(model, {prompts[i]}, 10, SamplingOptions{});
+    EXPECT_EQ(together[i], alone[0]) << "prompt " << i;
+  }
+  // Sampling: a seed fixes the result; another seed changes it.
+  const SamplingOptions sampled{1.0, 50, 0.95, 42};
+  auto first = generate(model, prompts, 10, sampled);
+  EXPECT_EQ(generate(model, prompts, 10, sampled), first);
+  EXPECT_NE(generate(model, prompts, 10, SamplingOptions{1.0, 50, 0.95, 43}), first);
+}
+
+TEST(Generation, SamplingRespectsTopKAndTopP) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(1);
+  torch::Tensor logits = torch::tensor({{0.0f, 3.0f, 1.0f, 2.9f}, {5.0f, 0.0f, 0.0f, 0.0f}});
+  for (int i = 0; i < 50; ++i) {
+    torch::Tensor top1 = sample_from_logits(logits, {1.0, 1, 1.0, 0}, generator);
+    EXPECT_TRUE(torch::equal(top1, torch::tensor({1L, 0L})));
+    torch::Tensor top2 = sample_from_logits(logits, {1.0, 2, 1.0, 0}, generator);
+    EXPECT_TRUE(top2[0].item<int64_t>() == 1 || top2[0].item<int64_t>() == 3);
+    torch::Tensor nucleus = sample_from_logits(logits, {1.0, 0, 0.05, 0}, generator);
+    EXPECT_TRUE(torch::equal(nucleus, torch::tensor({1L, 0L})));
+  }
+}
+
+TEST(Perplexity, EveryGridGivesTheSingleRankValue) {
+  ModelConfig config = llama(8, 4, false);
+  torch::Tensor tokens = random_ids(1, 700, config.vocab_size, 41).reshape({-1});
+  CausalLM reference(config, runtime().self());
+  init_random(reference, 17, 0.1);
+  // Independent value: torch's cross_entropy over the same windows of the unsharded model.
+  torch::NoGradGuard no_grad;
+  const int64_t seq_len = 32, windows = 700 / seq_len;
+  torch::Tensor batch = tokens.narrow(0, 0, windows * seq_len).view({windows, seq_len});
+  torch::Tensor logits = reference.forward(batch.narrow(1, 0, seq_len - 1)).narrow(-1, 0, config.vocab_size);
+  const double expected = torch::nn::functional::cross_entropy(logits.reshape({-1, config.vocab_size}),
+                                                               batch.narrow(1, 1, seq_len - 1).reshape({-1})).item<double>();
+  for (int tp : tp_sizes()) {
+    if (config.num_kv_heads % tp != 0) continue;
+    dist::Grid grid(runtime(), tp);
+    CausalLM model(config, grid.tp_group());
+    init_random(model, 17, 0.1);
+    eval::PerplexityResult r = eval::perplexity(model, tokens, seq_len, 3, grid.dp_group());
+    EXPECT_EQ(r.windows, windows);
+    EXPECT_EQ(r.tokens, windows * (seq_len - 1));
+    EXPECT_NEAR(r.mean_nll, expected, kNllAbsTol) << grid.describe();
+    EXPECT_NEAR(r.perplexity, std::exp(expected), 1e-4 * std::exp(expected)) << grid.describe();
+  }
+}
+
+}  // namespace
+}  // namespace qforge::model
