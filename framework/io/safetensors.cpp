@@ -1,0 +1,547 @@
+#include "framework/io/safetensors.h"
+
+#include "framework/common/atomic_file.h"
+#include "framework/common/error.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <set>
+#include <sstream>
+
+namespace qforge::io {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian, as is this host's");
+
+constexpr const char* kSingleFile = "model.safetensors";
+constexpr const char* kIndexFile = "model.safetensors.index.json";
+constexpr int64_t kHeaderLengthBytes = 8;
+
+std::atomic<int64_t> read_chunk_bytes{8 << 20};
+
+struct DtypeName {
+  const char* name;
+  torch::ScalarType dtype;
+};
+const DtypeName kDtypes[] = {{"F64", torch::kDouble}, {"F32", torch::kFloat}, {"F16", torch::kHalf},
+                             {"BF16", torch::kBFloat16}, {"I64", torch::kLong}, {"I32", torch::kInt},
+                             {"I16", torch::kShort},   {"I8", torch::kChar},  {"U8", torch::kByte},
+                             {"BOOL", torch::kBool}};
+
+std::string known_dtype_list() {
+  std::string list;
+  for (const DtypeName& d : kDtypes) list += (list.empty() ? "" : ", ") + std::string(d.name);
+  return list;
+}
+
+std::optional<std::string> name_of_dtype(torch::ScalarType dtype) {
+  for (const DtypeName& d : kDtypes)
+    if (dtype == d.dtype) return std::string(d.name);
+  return std::nullopt;
+}
+
+std::optional<torch::ScalarType> dtype_from_name(const std::string& name) {
+  for (const DtypeName& d : kDtypes)
+    if (name == d.name) return d.dtype;
+  return std::nullopt;
+}
+
+[[noreturn]] void fail(const std::string& path, const std::string& problem) {
+  throw Error(fmt::format("safetensors file '{}' {}", path, problem));
+}
+
+uint64_t decode_little_endian(const uint8_t* bytes) {
+  uint64_t value = 0;
+  for (int i = kHeaderLengthBytes - 1; i >= 0; --i) value = (value << 8) | bytes[i];
+  return value;
+}
+
+std::string encode_little_endian(uint64_t value) {
+  std::string bytes(kHeaderLengthBytes, '\0');
+  for (int i = 0; i < kHeaderLengthBytes; ++i) bytes[i] = static_cast<char>((value >> (8 * i)) & 0xff);
+  return bytes;
+}
+
+// Reads exactly `size` bytes at `offset`; the caller has checked that they lie inside the file.
+void read_exactly(int fd, char* out, int64_t size, int64_t offset, const std::string& path) {
+  while (size > 0) {
+    ssize_t got = ::pread(fd, out, static_cast<size_t>(size), offset);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) fail(path, fmt::format("could not be read at byte {}: {}", offset, got < 0 ? std::strerror(errno) : "unexpected end of file"));
+    out += got;
+    size -= got;
+    offset += got;
+  }
+}
+
+// Closes the descriptor when it goes out of scope.
+struct FileDescriptor {
+  int fd;
+  ~FileDescriptor() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// A non-negative integer that fits int64, or nullopt.
+std::optional<int64_t> as_size(const json& value) {
+  if (!value.is_number_unsigned()) return std::nullopt;
+  uint64_t v = value.get<uint64_t>();
+  if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+  return static_cast<int64_t>(v);
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+// Parses one header entry; `data_size` is the size of the data area after the header.
+TensorInfo parse_entry(const std::string& path, const std::string& name, const json& entry, int64_t data_start,
+                       int64_t data_size) {
+  const std::string tensor = fmt::format("tensor '{}'", name);
+  if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
+    fail(path, fmt::format("has a header entry for {} that is not an object with \"dtype\", \"shape\" and \"data_offsets\"", tensor));
+
+  TensorInfo info;
+  info.name = name;
+  info.file = path;
+  const json& dtype = entry["dtype"];
+  std::optional<torch::ScalarType> known = dtype.is_string() ? dtype_from_name(dtype.get<std::string>()) : std::nullopt;
+  if (!known) fail(path, fmt::format("gives {} the unknown dtype {}; expected one of {}", tensor, dtype.dump(), known_dtype_list()));
+  info.dtype = *known;
+
+  const json& shape = entry["shape"];
+  if (!shape.is_array()) fail(path, fmt::format("gives {} the shape {}; expected a list of non-negative integers", tensor, shape.dump()));
+  int64_t elements = 1;
+  bool overflow = false;
+  for (const json& extent : shape) {
+    std::optional<int64_t> size = as_size(extent);
+    if (!size) fail(path, fmt::format("gives {} the shape {}; expected a list of non-negative integers", tensor, shape.dump()));
+    info.shape.push_back(*size);
+    overflow |= __builtin_mul_overflow(elements, *size, &elements);
+  }
+  const int64_t element_size = static_cast<int64_t>(c10::elementSize(info.dtype));
+  overflow |= __builtin_mul_overflow(elements, element_size, &info.nbytes);
+
+  const json& offsets = entry["data_offsets"];
+  std::optional<int64_t> begin, end;
+  if (offsets.is_array() && offsets.size() == 2) {
+    begin = as_size(offsets[0]);
+    end = as_size(offsets[1]);
+  }
+  if (!begin || !end || *begin > *end)
+    fail(path, fmt::format("gives {} the data_offsets {}; expected [begin, end] with 0 <= begin <= end", tensor, offsets.dump()));
+  if (overflow || info.nbytes != *end - *begin)
+    fail(path, fmt::format("gives {} ({} {}) the data_offsets [{}, {}] spanning {} bytes; the shape needs {} bytes",
+                           tensor, dtype.get<std::string>(), shape_string(info.shape), *begin, *end, *end - *begin,
+                           overflow ? std::string("more than 2^63") : std::to_string(info.nbytes)));
+  if (*end > data_size)
+    fail(path, fmt::format("gives {} the data_offsets [{}, {}], past the end of its {}-byte data area; expected the file to "
+                           "be at least {} bytes (is it truncated?)",
+                           tensor, *begin, *end, data_size, static_cast<uint64_t>(data_start) + static_cast<uint64_t>(*end)));
+  info.offset = data_start + *begin;
+  return info;
+}
+
+// The pages of [begin, end) of a mapping that starts at a page boundary, widened to whole pages.
+void drop_pages(const uint8_t* mapping, int64_t mapping_size, int64_t begin, int64_t end) {
+  static const int64_t page = ::sysconf(_SC_PAGESIZE);
+  begin = begin / page * page;
+  end = std::min(mapping_size, (end + page - 1) / page * page);
+  // Harmless when another read needs these pages too: the mapping is read-only, so they fault back in from the
+  // page cache. A failure only costs memory, so it is not an error.
+  if (end > begin) ::madvise(const_cast<uint8_t*>(mapping) + begin, static_cast<size_t>(end - begin), MADV_DONTNEED);
+}
+
+}  // namespace
+
+std::string safetensors_dtype_name(torch::ScalarType dtype) {
+  if (std::optional<std::string> name = name_of_dtype(dtype)) return *name;
+  throw Error(fmt::format("dtype {} has no safetensors name; expected one of {}", c10::toString(dtype), known_dtype_list()));
+}
+
+int64_t set_read_chunk_bytes(int64_t bytes) { return read_chunk_bytes.exchange(std::max<int64_t>(1, bytes)); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// SafetensorsFile
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+  FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (file.fd < 0) fail(path, fmt::format("cannot be opened: {}", std::strerror(errno)));
+  struct stat status {};
+  if (::fstat(file.fd, &status) != 0) fail(path, fmt::format("cannot be examined: {}", std::strerror(errno)));
+  if (!S_ISREG(status.st_mode)) fail(path, "is not a regular file");
+  file_size_ = status.st_size;
+  if (file_size_ == 0) fail(path, "is empty; expected an 8-byte header length followed by a JSON header");
+  if (file_size_ < kHeaderLengthBytes)
+    fail(path, fmt::format("is {} bytes long, shorter than the 8-byte header length it must start with", file_size_));
+
+  uint8_t length_bytes[kHeaderLengthBytes];
+  read_exactly(file.fd, reinterpret_cast<char*>(length_bytes), kHeaderLengthBytes, 0, path);
+  const uint64_t header_length = decode_little_endian(length_bytes);
+  if (header_length > static_cast<uint64_t>(file_size_ - kHeaderLengthBytes))
+    fail(path, fmt::format("declares a header length of {} bytes, past the end of the {}-byte file; expected at most {}",
+                           header_length, file_size_, file_size_ - kHeaderLengthBytes));
+  data_start_ = kHeaderLengthBytes + static_cast<int64_t>(header_length);
+
+  void* mapping = ::mmap(nullptr, static_cast<size_t>(file_size_), PROT_READ, MAP_SHARED, file.fd, 0);
+  if (mapping == MAP_FAILED) fail(path, fmt::format("cannot be memory-mapped: {}", std::strerror(errno)));
+  mapping_ = static_cast<const uint8_t*>(mapping);
+  try {
+    parse_header();
+  } catch (...) {
+    ::munmap(const_cast<uint8_t*>(mapping_), static_cast<size_t>(file_size_));
+    throw;
+  }
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (mapping_) ::munmap(const_cast<uint8_t*>(mapping_), static_cast<size_t>(file_size_));
+}
+
+void SafetensorsFile::parse_header() {
+  const char* text = reinterpret_cast<const char*>(mapping_) + kHeaderLengthBytes;
+  json header;
+  try {
+    header = json::parse(text, text + (data_start_ - kHeaderLengthBytes));
+  } catch (const json::exception& e) {
+    fail(path_, fmt::format("has a header that is not valid JSON ({})", e.what()));
+  }
+  drop_pages(mapping_, file_size_, 0, data_start_);
+  if (!header.is_object()) fail(path_, fmt::format("has a JSON header of type {}; expected an object", header.type_name()));
+
+  const int64_t data_size = file_size_ - data_start_;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      if (!entry.is_object()) fail(path_, "has a \"__metadata__\" that is not an object of strings");
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string())
+          fail(path_, fmt::format("has the \"__metadata__\" value {} for '{}'; expected a string", value.dump(), key));
+        metadata_[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    tensors_.emplace(name, parse_entry(path_, name, entry, data_start_, data_size));
+  }
+  check_no_overlap();
+}
+
+void SafetensorsFile::check_no_overlap() const {
+  std::vector<const TensorInfo*> by_offset;
+  for (const auto& [name, info] : tensors_)
+    if (info.nbytes > 0) by_offset.push_back(&info);
+  std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const TensorInfo& before = *by_offset[i - 1];
+    const TensorInfo& after = *by_offset[i];
+    if (after.offset < before.offset + before.nbytes)
+      fail(path_, fmt::format("has tensors '{}' (data_offsets [{}, {}]) and '{}' (data_offsets [{}, {}]) that overlap; "
+                              "expected disjoint byte ranges",
+                              before.name, before.offset - data_start_, before.offset - data_start_ + before.nbytes,
+                              after.name, after.offset - data_start_, after.offset - data_start_ + after.nbytes));
+  }
+}
+
+const TensorInfo& SafetensorsFile::info(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) fail(path_, fmt::format("has no tensor '{}' ({} tensors in the file)", name, tensors_.size()));
+  return it->second;
+}
+
+torch::Tensor SafetensorsFile::read(const std::string& name, torch::ScalarType dtype, int64_t dim, int64_t start,
+                                    int64_t length) const {
+  const TensorInfo& tensor = info(name);
+  const int64_t rank = static_cast<int64_t>(tensor.shape.size());
+  const std::string what = fmt::format("tensor '{}' of shape {}", name, shape_string(tensor.shape));
+  if (rank == 0) {
+    if (dim != 0 || start != 0 || (length != -1 && length != 1))
+      fail(path_, fmt::format("cannot slice {} (a scalar) at dim {}, start {}, length {}; expected the whole of it", what,
+                              dim, start, length));
+    torch::Tensor stored = torch::from_blob(const_cast<uint8_t*>(mapping_) + tensor.offset, c10::IntArrayRef(), tensor.dtype);
+    torch::Tensor copy = stored.to(dtype, /*non_blocking=*/false, /*copy=*/true);
+    drop_pages(mapping_, file_size_, tensor.offset, tensor.offset + tensor.nbytes);
+    return copy;
+  }
+  if (dim < -rank || dim >= rank)
+    fail(path_, fmt::format("cannot slice {} along dim {}; expected a dim in [{}, {}]", what, dim, -rank, rank - 1));
+  if (dim < 0) dim += rank;
+  const int64_t extent = tensor.shape[dim];
+  if (length == -1 && start >= 0 && start <= extent) length = extent - start;
+  if (start < 0 || length < 0 || start > extent || length > extent - start)
+    fail(path_, fmt::format("cannot read elements [{}, {}) along dim {} of {}; expected 0 <= start <= start + length <= {}",
+                            start, start + length, dim, what, extent));
+
+  // The tensor as [outer, extent, inner]; the slice is [outer, length, inner].
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < dim; ++d) outer *= tensor.shape[d];
+  for (int64_t d = dim + 1; d < rank; ++d) inner *= tensor.shape[d];
+  std::vector<int64_t> out_shape = tensor.shape;
+  out_shape[dim] = length;
+  torch::Tensor out = torch::empty(out_shape, torch::TensorOptions().dtype(dtype));
+  if (out.numel() == 0) return out;
+
+  torch::Tensor stored =
+      torch::from_blob(const_cast<uint8_t*>(mapping_) + tensor.offset, {outer, extent, inner}, tensor.dtype);
+  torch::Tensor target = out.view({outer, length, inner});
+  const int64_t element_size = static_cast<int64_t>(c10::elementSize(tensor.dtype));
+  const int64_t chunk_bytes = read_chunk_bytes.load();
+  auto source_byte = [&](int64_t o, int64_t e) { return tensor.offset + ((o * extent + e) * inner) * element_size; };
+  if (outer == 1) {
+    // One contiguous run: copy it a block of rows at a time.
+    const int64_t step = std::max<int64_t>(1, chunk_bytes / (inner * element_size));
+    for (int64_t e = 0; e < length; e += step) {
+      const int64_t n = std::min(step, length - e);
+      target.narrow(1, e, n).copy_(stored.narrow(1, start + e, n));
+      drop_pages(mapping_, file_size_, source_byte(0, start + e), source_byte(0, start + e + n));
+    }
+  } else {
+    // One run per outer index; a chunk takes as many outer indices as fit, and spans their gaps as well.
+    const int64_t step = std::max<int64_t>(1, chunk_bytes / (extent * inner * element_size));
+    for (int64_t o = 0; o < outer; o += step) {
+      const int64_t n = std::min(step, outer - o);
+      target.narrow(0, o, n).copy_(stored.narrow(0, o, n).narrow(1, start, length));
+      drop_pages(mapping_, file_size_, source_byte(o, start), source_byte(o + n - 1, start + length));
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Checkpoint
+
+Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    throw Error(fmt::format("checkpoint directory '{}' does not exist or is not a directory", dir));
+  const fs::path single = fs::path(dir) / kSingleFile;
+  const fs::path index = fs::path(dir) / kIndexFile;
+  if (fs::exists(single, ec)) {
+    files_.push_back(std::make_unique<SafetensorsFile>(single.string()));
+    for (const auto& [name, info] : files_.back()->tensors()) where_[name] = files_.back().get();
+  } else if (fs::exists(index, ec)) {
+    open_index(index.string());
+  } else {
+    throw Error(fmt::format("checkpoint directory '{}' holds neither {} nor {}; expected a Hugging Face safetensors checkpoint",
+                            dir, kSingleFile, kIndexFile));
+  }
+}
+
+Checkpoint::~Checkpoint() = default;
+
+void Checkpoint::open_index(const std::string& index_path) {
+  index_ = index_path;
+  std::ifstream in(index_path, std::ios::binary);
+  if (!in) throw Error(fmt::format("checkpoint index '{}' cannot be opened: {}", index_path, std::strerror(errno)));
+  std::stringstream text;
+  text << in.rdbuf();
+  json index;
+  try {
+    index = json::parse(text.str());
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("checkpoint index '{}' is not valid JSON ({})", index_path, e.what()));
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+    throw Error(fmt::format("checkpoint index '{}' has no \"weight_map\" object; expected {{\"weight_map\": {{tensor: file}}}}",
+                            index_path));
+
+  std::map<std::string, const SafetensorsFile*> opened;
+  for (const auto& [name, file] : index["weight_map"].items()) {
+    if (!file.is_string())
+      throw Error(fmt::format("checkpoint index '{}' maps tensor '{}' to {}; expected a file name", index_path, name, file.dump()));
+    const std::string shard = file.get<std::string>();
+    auto it = opened.find(shard);
+    if (it == opened.end()) {
+      const fs::path shard_path = fs::path(dir_) / shard;
+      std::error_code ec;
+      if (!fs::is_regular_file(shard_path, ec))
+        throw Error(fmt::format("checkpoint index '{}' maps tensor '{}' to the shard file '{}', which does not exist in '{}'",
+                                index_path, name, shard, dir_));
+      try {
+        files_.push_back(std::make_unique<SafetensorsFile>(shard_path.string()));
+      } catch (const Error& e) {
+        throw Error(fmt::format("{} (a shard of checkpoint index '{}')", e.what(), index_path));
+      }
+      it = opened.emplace(shard, files_.back().get()).first;
+    }
+    if (!it->second->contains(name))
+      throw Error(fmt::format("checkpoint index '{}' maps tensor '{}' to the shard file '{}', which has no such tensor",
+                              index_path, name, it->second->path()));
+    where_[name] = it->second;
+  }
+}
+
+std::vector<std::string> Checkpoint::names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, file] : where_) names.push_back(name);
+  return names;
+}
+
+const SafetensorsFile& Checkpoint::file_of(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it != where_.end()) return *it->second;
+  if (index_.empty())
+    throw Error(fmt::format("checkpoint '{}' has no tensor '{}' (its {} holds {} tensors)", dir_, name, kSingleFile, where_.size()));
+  throw Error(fmt::format("checkpoint '{}' has no tensor '{}' (its index '{}' lists {} tensors)", dir_, name, index_, where_.size()));
+}
+
+const TensorInfo& Checkpoint::info(const std::string& name) const { return file_of(name).info(name); }
+
+torch::Tensor Checkpoint::read(const std::string& name, torch::ScalarType dtype, int64_t dim, int64_t start,
+                               int64_t length) const {
+  return file_of(name).read(name, dtype, dim, start, length);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// save_checkpoint
+
+namespace {
+
+struct Entry {
+  std::string name;
+  torch::Tensor data;  // contiguous
+  int64_t nbytes;
+};
+
+std::vector<Entry> checked_entries(const std::string& dir, const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
+  std::vector<Entry> entries;
+  std::set<std::string> seen;
+  for (const auto& [name, tensor] : tensors) {
+    const std::string where = fmt::format("cannot save tensor '{}' to checkpoint '{}'", name, dir);
+    if (name.empty() || name == "__metadata__")
+      throw Error(fmt::format("{}: expected a name other than \"\" and \"__metadata__\"", where));
+    if (!seen.insert(name).second) throw Error(fmt::format("{}: the name is given twice; expected unique names", where));
+    if (!tensor.defined()) throw Error(fmt::format("{}: the tensor is undefined", where));
+    if (!tensor.device().is_cpu())
+      throw Error(fmt::format("{}: it is on {}; expected a CPU tensor", where, tensor.device().str()));
+    if (!name_of_dtype(tensor.scalar_type()))
+      throw Error(fmt::format("{}: its dtype {} has no safetensors name; expected one of {}", where,
+                              c10::toString(tensor.scalar_type()), known_dtype_list()));
+    torch::Tensor data = tensor.contiguous();
+    entries.push_back({name, data, static_cast<int64_t>(data.numel() * data.element_size())});
+  }
+  return entries;
+}
+
+// Groups of entry indices, one per file, filled in order.
+std::vector<std::vector<size_t>> plan_shards(const std::vector<Entry>& entries, int64_t max_shard_bytes) {
+  int64_t total = 0;
+  for (const Entry& e : entries) total += e.nbytes;
+  std::vector<std::vector<size_t>> shards(1);
+  if (max_shard_bytes <= 0 || total <= max_shard_bytes) {
+    for (size_t i = 0; i < entries.size(); ++i) shards[0].push_back(i);
+    return shards;
+  }
+  int64_t filled = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (!shards.back().empty() && filled + entries[i].nbytes > max_shard_bytes) {
+      shards.emplace_back();
+      filled = 0;
+    }
+    shards.back().push_back(i);
+    filled += entries[i].nbytes;
+  }
+  return shards;
+}
+
+std::string header_of(const std::vector<Entry>& entries, const std::vector<size_t>& shard,
+                      const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  int64_t offset = 0;
+  for (size_t i : shard) {
+    const Entry& e = entries[i];
+    header[e.name] = {{"dtype", safetensors_dtype_name(e.data.scalar_type())},
+                      {"shape", e.data.sizes().vec()},
+                      {"data_offsets", {offset, offset + e.nbytes}}};
+    offset += e.nbytes;
+  }
+  header["__metadata__"] = metadata;
+  std::string text = header.dump();
+  text.append((kHeaderLengthBytes - text.size() % kHeaderLengthBytes) % kHeaderLengthBytes, ' ');  // 8-byte aligned data
+  return encode_little_endian(text.size()) + text;
+}
+
+void write_all(int fd, const char* data, int64_t size, const std::string& path) {
+  while (size > 0) {
+    ssize_t written = ::write(fd, data, static_cast<size_t>(std::min<int64_t>(size, 1 << 30)));
+    if (written < 0 && errno == EINTR) continue;
+    if (written < 0) throw Error(fmt::format("writing '{}' failed: {}", path, std::strerror(errno)));
+    data += written;
+    size -= written;
+  }
+}
+
+// Writes one file's header and data to `file`'s temporary name.
+void write_shard(const AtomicFile& file, const std::string& header, const std::vector<Entry>& entries,
+                 const std::vector<size_t>& shard) {
+  const std::string& path = file.temp_path();
+  FileDescriptor out{::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
+  if (out.fd < 0) throw Error(fmt::format("cannot write '{}': {}", path, std::strerror(errno)));
+  write_all(out.fd, header.data(), static_cast<int64_t>(header.size()), path);
+  for (size_t i : shard)
+    write_all(out.fd, static_cast<const char*>(entries[i].data.data_ptr()), entries[i].nbytes, path);
+  const int fd = out.fd;
+  out.fd = -1;
+  if (::close(fd) != 0) throw Error(fmt::format("writing '{}' failed: {}", path, std::strerror(errno)));
+}
+
+std::string shard_name(size_t i, size_t count) { return fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, count); }
+
+}  // namespace
+
+void save_checkpoint(const std::string& dir, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                     int64_t max_shard_bytes, const std::map<std::string, std::string>& metadata) {
+  const std::vector<Entry> entries = checked_entries(dir, tensors);
+  const std::vector<std::vector<size_t>> shards = plan_shards(entries, max_shard_bytes);
+  std::map<std::string, std::string> file_metadata = metadata;
+  file_metadata.emplace("format", "pt");  // Transformers checks it; kept when the caller set it
+
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(fmt::format("cannot create the checkpoint directory '{}': {}", dir, ec.message()));
+
+  const bool sharded = shards.size() > 1;
+  std::vector<std::unique_ptr<AtomicFile>> files;
+  json weight_map = json::object();
+  int64_t total_size = 0;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const std::string name = sharded ? shard_name(s, shards.size()) : kSingleFile;
+    files.push_back(std::make_unique<AtomicFile>((fs::path(dir) / name).string()));
+    std::string header;
+    try {
+      header = header_of(entries, shards[s], file_metadata);
+    } catch (const json::exception& e) {
+      throw Error(fmt::format("cannot write the header of '{}': {}", files.back()->path(), e.what()));
+    }
+    write_shard(*files.back(), header, entries, shards[s]);
+    for (size_t i : shards[s]) {
+      weight_map[entries[i].name] = name;
+      total_size += entries[i].nbytes;
+    }
+  }
+  std::string index;
+  if (sharded) {
+    try {
+      index = json{{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}}.dump(2) + "\n";
+    } catch (const json::exception& e) {
+      throw Error(fmt::format("cannot write the index of checkpoint '{}': {}", dir, e.what()));
+    }
+  }
+  for (auto& file : files) file->commit();
+  if (sharded) write_file_atomically((fs::path(dir) / kIndexFile).string(), index);
+  fs::remove(fs::path(dir) / (sharded ? kSingleFile : kIndexFile), ec);
+}
+
+}  // namespace qforge::io
