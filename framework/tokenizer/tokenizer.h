@@ -1,0 +1,40 @@
+// Text <-> token ids for the LLaMA family: SentencePiece .model files (through Google's library) and llama2.c
+// tokenizer.bin files (our own BPE, identical to llama2.c's run.c encode()).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace qforge::tok {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  // Token ids of `text`, with BOS first / EOS last when asked.
+  virtual std::vector<int64_t> encode(const std::string& text, bool bos, bool eos) const = 0;
+  // Text of `ids`; BOS/EOS/padding ids are skipped; byte tokens (<0x0A>) become their bytes; the leading space
+  // SentencePiece adds is removed as SentencePiece's own decode does. An id outside the vocabulary is a
+  // qforge::Error.
+  virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
+  // The text `id` adds when it follows `previous` (for streaming generated tokens), as llama2.c's decode(prev, token);
+  // BOS and EOS add nothing.
+  virtual std::string decode_next(int64_t previous, int64_t id) const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t bos_id() const = 0;
+  virtual int64_t eos_id() const = 0;
+  // The vocabulary's own spelling of `id`: "▁the" in a SentencePiece model, " the" in a llama2.c tokenizer.bin.
+  virtual std::string piece(int64_t id) const = 0;
+  virtual std::string kind() const = 0;  // "sentencepiece" or "llama2c"
+};
+
+// Loads a SentencePiece .model or a llama2.c tokenizer.bin (decided by content, not only extension). A missing,
+// truncated or malformed file is a qforge::Error naming the file and what was expected (never a crash).
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
+
+// The two formats from a file's contents, for callers that know the format; `path` only names the file in errors.
+std::unique_ptr<Tokenizer> llama2c_tokenizer_from_bytes(const std::string& path, const std::string& bytes);
+std::unique_ptr<Tokenizer> sentencepiece_tokenizer_from_bytes(const std::string& path, const std::string& bytes);
+
+}  // namespace qforge::tok
