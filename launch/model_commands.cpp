@@ -72,7 +72,7 @@ int run_eval(CommandContext& context) {
   auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
   torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
   const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model->config().max_positions;
-  log::info("{}: {} tokens ({} tokenizer, paragraphs with BOS), windows of {} on {}", c.eval.text, tokens.numel(),
+  log::info("{}: {} tokens ({} tokenizer, one BOS), windows of {} on {}", c.eval.text, tokens.numel(),
             tokenizer->kind(), seq_len, grid.describe());
   eval::PerplexityResult r = eval::perplexity(*model, tokens, seq_len, c.eval.batch_size, grid.dp_group());
   const std::string report = fmt::format("perplexity of {}: {} tokens scored in {} windows of {}, mean NLL {:.4f} nats/token, perplexity {:.4f}\n",

@@ -1,6 +1,7 @@
 // GoogleTest main for tests that run under mpiexec (and as a single process). Rank 0 prints the usual report;
 // other ranks print only their failures, tagged with the rank. The exit code fails when any rank failed.
 #include "framework/dist/runtime.h"
+#include "framework/system/system_info.h"
 
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -25,6 +26,7 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
 int main(int argc, char** argv) {
   qforge::dist::Runtime runtime(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
+  qforge::sys::configure_threads(0, runtime.local_size());  // as qforge does: no more threads than cores
   if (runtime.rank() != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());

@@ -9,7 +9,7 @@
 
 #include <cmath>
 #include <fstream>
-#include <sstream>
+#include <iterator>
 
 namespace qforge::eval {
 
@@ -47,27 +47,11 @@ PerplexityResult perplexity(model::CausalLM& model, const torch::Tensor& tokens,
 }
 
 torch::Tensor tokenize_text_file(const std::string& path, const tok::Tokenizer& tokenizer) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open the text file", path));
-  std::vector<int64_t> ids;
-  std::string line, paragraph;
-  auto flush = [&] {
-    if (paragraph.empty()) return;
-    std::vector<int64_t> encoded = tokenizer.encode(paragraph, /*bos=*/true, /*eos=*/false);
-    ids.insert(ids.end(), encoded.begin(), encoded.end());
-    paragraph.clear();
-  };
-  while (std::getline(in, line)) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) {
-      flush();
-      continue;
-    }
-    if (!paragraph.empty()) paragraph += '\n';
-    paragraph += line;
-  }
-  flush();
-  if (ids.empty()) throw Error(fmt::format("{}: holds no text", path));
-  return torch::tensor(ids, torch::kLong);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) throw Error(fmt::format("{}: holds no text", path));
+  return torch::tensor(tokenizer.encode(text, /*bos=*/true, /*eos=*/false), torch::kLong);
 }
 
 }  // namespace qforge::eval

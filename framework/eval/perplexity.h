@@ -26,8 +26,8 @@ struct PerplexityResult {
 PerplexityResult perplexity(model::CausalLM& model, const torch::Tensor& tokens, int64_t seq_len, int64_t batch_size,
                             dist::Communicator& dp);
 
-// A text file as one token stream: paragraphs (blocks separated by blank lines) encoded separately, each with
-// BOS, and concatenated. Throws naming the file when it cannot be read or holds no text.
+// A text file as one token stream: the whole file encoded at once, with one BOS at the start (the usual
+// WikiText-2 recipe). Throws naming the file when it cannot be read or holds no text.
 torch::Tensor tokenize_text_file(const std::string& path, const tok::Tokenizer& tokenizer);
 
 }  // namespace qforge::eval

@@ -35,6 +35,21 @@ std::string layer_prefix(const ModelConfig& c, int64_t i) {
   return c.family == Family::kLlama ? fmt::format("model.layers.{}.", i) : fmt::format("model.decoder.layers.{}.", i);
 }
 
+// Causal attention is computed a block of queries at a time, each against the keys it can see only: half the
+// work of a full [T, T] score matrix, and blocks small enough to stay in cache.
+constexpr int64_t kQueryBlock = 128;
+
+// softmax(q k^T + mask) v for pre-scaled q [B, H, t, d] and k, v [B, H, l, d]; a key is visible to a query
+// when its position is not after the query's.
+torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                     const torch::Tensor& query_positions, const torch::Tensor& key_positions) {
+  const int64_t batch = q.size(0);
+  torch::Tensor scores = torch::matmul(q.to(torch::kFloat), k.to(torch::kFloat).transpose(-2, -1));
+  torch::Tensor hidden = key_positions.view({batch, 1, 1, -1}) > query_positions.view({batch, 1, -1, 1});
+  scores.masked_fill_(hidden, -std::numeric_limits<float>::infinity());
+  return torch::matmul(torch::softmax(scores, -1).to(v.scalar_type()), v);
+}
+
 }  // namespace
 
 // ---- Norm ----------------------------------------------------------------------------------------------------
@@ -100,12 +115,20 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     k = k.repeat_interleave(local_heads_ / local_kv_heads_, 1);
     v = v.repeat_interleave(local_heads_ / local_kv_heads_, 1);
   }
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  torch::Tensor scores = torch::matmul(q.to(torch::kFloat), k.to(torch::kFloat).transpose(-2, -1)) * scale;
-  torch::Tensor visible = key_positions.view({batch, 1, 1, -1}) <= positions.view({batch, 1, length, 1});
-  scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
-  torch::Tensor probs = torch::softmax(scores, -1).to(v.scalar_type());
-  torch::Tensor context = torch::matmul(probs, v).transpose(1, 2).reshape({batch, length, local_heads_ * head_dim});
+  q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  // Keys sit at index == position in the cache; without one they line up with the queries.
+  const bool keys_by_position = cache_keys != nullptr;
+  std::vector<torch::Tensor> blocks;
+  for (int64_t start = 0; start < length; start += kQueryBlock) {
+    const int64_t count = std::min(kQueryBlock, length - start);
+    torch::Tensor block_positions = positions.narrow(1, start, count);
+    const int64_t keys = keys_by_position ? block_positions.max().item<int64_t>() + 1 : start + count;
+    blocks.push_back(attend(q.narrow(2, start, count), k.narrow(2, 0, keys), v.narrow(2, 0, keys), block_positions,
+                            key_positions.narrow(1, 0, keys)));
+  }
+  torch::Tensor context = (blocks.size() == 1 ? blocks[0] : torch::cat(blocks, 2))
+                              .transpose(1, 2)
+                              .reshape({batch, length, local_heads_ * head_dim});
   return o_proj(context);
 }
 
