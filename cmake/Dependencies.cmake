@@ -27,6 +27,3 @@ endif()
 
 # Test binaries run under mpiexec; CI runs as root and on machines with fewer cores than ranks.
 set(QFORGE_MPIEXEC_FLAGS --oversubscribe)
-
-find_package(PkgConfig REQUIRED)
-pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)

@@ -12,8 +12,7 @@ PACKAGES=(
   libyaml-cpp-dev                    # config files
   libgtest-dev                       # tests
   nlohmann-json3-dev libfmt-dev      # JSON (config.json, safetensors headers); formatting
-  libsentencepiece-dev               # LLaMA tokenizer.model
-  python3-torch python3-h5py python3-numpy  # independent references in tests (/usr/bin/python3)
+  python3-torch python3-h5py python3-numpy python3-sentencepiece  # independent references in tests (/usr/bin/python3)
 )
 
 missing=()

@@ -1,14 +1,13 @@
 // llama2.c tokenizer.bin: int32 max_token_length, then per piece float32 score, int32 length, bytes, until the end
-// of the file. Encoding reproduces run.c's encode(); see merge_best_pairs for how it stays fast.
+// of the file. Encoding reproduces run.c's encode() with the merge loop both tokenizers share (bpe.h).
 #include "framework/common/error.h"
+#include "framework/tokenizer/bpe.h"
 #include "framework/tokenizer/tokenizer.h"
 
 #include <fmt/format.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <queue>
 #include <unordered_map>
 
 namespace qforge::tok {
@@ -22,25 +21,7 @@ constexpr int32_t kMaxTokenLength = 1 << 16;
 // run.c starts its search for the best pair at this score, so a merge scored at or below it never happens.
 constexpr float kNoMergeScore = -1e10f;
 
-// The byte "<0xXX>" stands for, or -1 when `piece` is not a byte piece.
-int byte_of_piece(const std::string& piece) {
-  if (piece.size() != 6 || piece.compare(0, 3, "<0x") != 0 || piece[5] != '>') return -1;
-  int value = 0;
-  for (char c : piece.substr(3, 2)) {
-    int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-    if (digit < 0) return -1;
-    value = value * 16 + digit;
-  }
-  return value;
-}
-
-std::string byte_piece(int byte) { return fmt::format("<0x{:02X}>", byte); }
-
 bool is_utf8_continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
-
-uint64_t pair_key(int32_t left, int32_t right) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
-}
 
 // Sequential reads in the host's byte order (llama2.c writes its files the same way); callers check remaining().
 class PieceReader {
@@ -131,18 +112,18 @@ void check_llama2c_layout(const std::string& path, const Vocabulary& vocab) {
 class Llama2cTokenizer final : public Tokenizer {
  public:
   Llama2cTokenizer(std::string path, Vocabulary vocab)
-      : path_(std::move(path)), pieces_(std::move(vocab.pieces)), scores_(std::move(vocab.scores)) {
-    const auto size = static_cast<int32_t>(pieces_.size());
-    for (int32_t id = 0; id < size; ++id) id_of_piece_.emplace(pieces_[id], id);  // a duplicate keeps its first id
-    for (int32_t id = 0; id < size; ++id) {
-      byte_of_id_.push_back(byte_of_piece(pieces_[id]));
-      index_merges_into(id);
-    }
+      : path_(std::move(path)),
+        pieces_(std::move(vocab.pieces)),
+        id_of_piece_(index_pieces(pieces_)),
+        merges_(id_of_piece_, vocab.scores, [&](int32_t id) { return vocab.scores[id] > kNoMergeScore; }) {
+    for (const std::string& piece : pieces_) byte_of_id_.push_back(byte_of_piece(piece));
   }
 
+  // run.c's merge loop also pairs BOS with the first symbol; BOS never merges in a real vocabulary, so it joins
+  // after merging.
   std::vector<int64_t> encode(const std::string& text, bool bos, bool eos) const override {
     std::vector<int32_t> symbols = initial_symbols(text);
-    merge_best_pairs(symbols);
+    merge_best_pairs(symbols, merges_);
     std::vector<int64_t> ids;
     ids.reserve(symbols.size() + 2);
     if (bos) ids.push_back(kBos);
@@ -180,18 +161,6 @@ class Llama2cTokenizer final : public Tokenizer {
   std::string kind() const override { return "llama2c"; }
 
  private:
-  // Records every way to split piece `id` into two pieces, so that merging a pair is one hash lookup.
-  void index_merges_into(int32_t id) {
-    const std::string& whole = pieces_[id];
-    if (id_of_piece_.at(whole) != id) return;  // a duplicate piece: pairs merge into its first id
-    for (std::size_t split = 0; split <= whole.size(); ++split) {
-      auto left = id_of_piece_.find(whole.substr(0, split));
-      auto right = id_of_piece_.find(whole.substr(split));
-      if (left != id_of_piece_.end() && right != id_of_piece_.end())
-        merges_.emplace(pair_key(left->second, right->second), id);
-    }
-  }
-
   void check_id(int64_t id) const {
     if (id < 0 || id >= vocab_size())
       throw Error(fmt::format("token id {} is outside the vocabulary of {} pieces of {}", id, vocab_size(), path_));
@@ -234,62 +203,18 @@ class Llama2cTokenizer final : public Tokenizer {
     return symbols;
   }
 
-  struct Candidate {
-    float score;
-    int32_t left;  // position of the pair's left symbol; positions keep their order as symbols merge
-    int32_t left_id;
-    int32_t right_id;
-    int32_t merged_id;
-  };
-  struct MergesLater {
-    bool operator()(const Candidate& a, const Candidate& b) const {
-      return a.score < b.score || (a.score == b.score && a.left > b.left);
-    }
-  };
-
-  // run.c merges, again and again, the adjacent pair whose concatenation is the highest-scored piece (the leftmost
-  // on ties), rescanning the whole sequence each time: O(n^2). The same order comes from a priority queue over
-  // the adjacent pairs of a linked list, where a pair whose symbols have since changed is skipped when popped.
-  // run.c's merge loop also pairs BOS with the first symbol; BOS never merges in a real vocabulary, so it is left
-  // out here.
-  void merge_best_pairs(std::vector<int32_t>& symbols) const {
-    const auto count = static_cast<int32_t>(symbols.size());
-    std::vector<int32_t> next(count), previous(count);
-    for (int32_t i = 0; i < count; ++i) {
-      next[i] = i + 1 < count ? i + 1 : -1;
-      previous[i] = i - 1;
-    }
-    std::priority_queue<Candidate, std::vector<Candidate>, MergesLater> queue;
-    auto consider = [&](int32_t left) {
-      const int32_t right = next[left];
-      if (right < 0) return;
-      auto merge = merges_.find(pair_key(symbols[left], symbols[right]));
-      if (merge == merges_.end() || !(scores_[merge->second] > kNoMergeScore)) return;
-      queue.push({scores_[merge->second], left, symbols[left], symbols[right], merge->second});
-    };
-    for (int32_t i = 0; i + 1 < count; ++i) consider(i);
-    constexpr int32_t kMerged = -1;
-    while (!queue.empty()) {
-      const Candidate best = queue.top();
-      queue.pop();
-      const int32_t right = next[best.left];
-      if (symbols[best.left] != best.left_id || right < 0 || symbols[right] != best.right_id) continue;
-      symbols[best.left] = best.merged_id;
-      symbols[right] = kMerged;
-      next[best.left] = next[right];
-      if (next[right] >= 0) previous[next[right]] = best.left;
-      if (previous[best.left] >= 0) consider(previous[best.left]);
-      consider(best.left);
-    }
-    symbols.erase(std::remove(symbols.begin(), symbols.end(), kMerged), symbols.end());
+  // A piece that appears twice keeps its first id.
+  static PieceIds index_pieces(const std::vector<std::string>& pieces) {
+    PieceIds ids;
+    for (std::size_t id = 0; id < pieces.size(); ++id) ids.emplace(pieces[id], static_cast<int32_t>(id));
+    return ids;
   }
 
   std::string path_;
   std::vector<std::string> pieces_;
-  std::vector<float> scores_;
+  PieceIds id_of_piece_;
+  MergeTable merges_;            // run.c never takes a pair scored at or below kNoMergeScore
   std::vector<int> byte_of_id_;  // -1 for a piece that is not <0xXX>
-  std::unordered_map<std::string, int32_t> id_of_piece_;
-  std::unordered_map<uint64_t, int32_t> merges_;  // (left id, right id) -> id of the concatenated piece
 };
 
 }  // namespace

@@ -1,5 +1,5 @@
-// Text <-> token ids for the LLaMA family: SentencePiece .model files (through Google's library) and llama2.c
-// tokenizer.bin files (our own BPE, identical to llama2.c's run.c encode()).
+// Text <-> token ids for the LLaMA family: SentencePiece BPE .model files (read natively, with the ids and text of
+// Google's SentencePiece) and llama2.c tokenizer.bin files (the same BPE, identical to llama2.c's run.c encode()).
 #pragma once
 
 #include <cstdint>
@@ -14,9 +14,9 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
   // Token ids of `text`, with BOS first / EOS last when asked.
   virtual std::vector<int64_t> encode(const std::string& text, bool bos, bool eos) const = 0;
-  // Text of `ids`; BOS/EOS/padding ids are skipped; byte tokens (<0x0A>) become their bytes; the leading space
-  // SentencePiece adds is removed as SentencePiece's own decode does. An id outside the vocabulary is a
-  // qforge::Error.
+  // Text of `ids`; BOS/EOS/padding ids are skipped; byte tokens (<0x0A>) become their bytes (SentencePiece writes
+  // a byte that is not part of a UTF-8 character as U+FFFD, and <unk> as " ⁇ "); the leading space SentencePiece
+  // adds is removed as SentencePiece's own decode does. An id outside the vocabulary is a qforge::Error.
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
   // The text `id` adds when it follows `previous` (for streaming generated tokens), as llama2.c's decode(prev, token);
   // BOS and EOS add nothing.
