@@ -12,6 +12,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -23,6 +24,9 @@ namespace fs = std::filesystem;
 
 constexpr double kLogitAbsTol = 2e-5;
 constexpr double kLogitRelTol = 1e-4;
+// Loading reads straight into the parameters: besides them one 8 MB chunk of mapped pages, allocator overhead,
+// and (measured: 12 MB on 1 rank, 31-35 MB on 2-4 ranks) what the process maps beside, MPI's shared memory.
+constexpr double kLoadSlackMb = 48.0;
 
 dist::Runtime& runtime() { return *dist::Runtime::current(); }
 
@@ -107,12 +111,14 @@ class BadCheckpoint : public ::testing::Test {
       std::ofstream(*dir_ / "model/config.json") << config.dump();
     }
     runtime().world().barrier();
+    std::string message;
     try {
       load_pretrained(*dir_ / "model", runtime().self());
-      return "";
     } catch (const Error& e) {
-      return e.what();
+      message = e.what();
     }
+    runtime().world().barrier();  // every rank has read this config.json before the next edit
+    return message;
   }
   std::unique_ptr<SharedDir> dir_;
 };
@@ -170,22 +176,21 @@ TEST(Checkpoint, PeakMemoryOfLoadingATpShardFallsWithTp) {
 
   const int tp = runtime().size();
   dist::Grid grid(runtime(), tp);
+  ::malloc_trim(0);  // give rank 0's freed full model back to the system before measuring
   { std::ofstream("/proc/self/clear_refs") << "5"; }  // resets VmHWM to the current RSS
   const int64_t before = status_kib("VmRSS:");
   auto model = load_pretrained(dir / "big", grid.tp_group());
   const int64_t peak = status_kib("VmHWM:");
-  int64_t shard_bytes = 0, largest = 0;
-  for (const auto& e : model->weights().entries()) {
-    shard_bytes += e.param.numel() * 4;
-    largest = std::max<int64_t>(largest, e.param.numel() * 4);
-  }
+  int64_t shard_bytes = 0;
+  for (const auto& e : model->weights().entries()) shard_bytes += e.param.numel() * 4;
   const double increase_mb = (peak - before) / 1024.0;
   torch::Tensor worst = torch::tensor({increase_mb}, torch::kDouble);
   runtime().world().all_reduce(worst, dist::ReduceOp::kMax);
   if (runtime().rank() == 0)
     std::printf("model load TP=%d: model %.1f MB, shard %.1f MB, peak RSS increase %.1f MB (worst rank)\n", tp,
                 model_bytes / 1048576.0, shard_bytes / 1048576.0, worst.item<double>());
-  EXPECT_LE(increase_mb, (shard_bytes + largest) / 1048576.0 + 32.0);
+  EXPECT_LE(increase_mb, shard_bytes / 1048576.0 + kLoadSlackMb);
+  EXPECT_GE(increase_mb, shard_bytes / 1048576.0 * 0.9);  // the parameters themselves are resident
 }
 
 // ---- stories260K (../shared) ---------------------------------------------------------------------------------

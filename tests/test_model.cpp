@@ -113,7 +113,9 @@ TEST(TensorParallel, PaddedVocabularyNeverReceivesProbability) {
   torch::Tensor full = grid.tp_group().all_gather(logits, -1);
   const int64_t padded = full.size(-1) - config.vocab_size;
   EXPECT_EQ(padded, (tp - config.vocab_size % tp) % tp);
-  if (padded > 0) EXPECT_TRUE(torch::isinf(full.narrow(-1, config.vocab_size, padded)).all().item<bool>());
+  if (padded > 0) {
+    EXPECT_TRUE(torch::isinf(full.narrow(-1, config.vocab_size, padded)).all().item<bool>());
+  }
   torch::Tensor probs = torch::softmax(full, -1);
   EXPECT_NEAR(probs.narrow(-1, 0, config.vocab_size).sum(-1).min().item<double>(), 1.0, 1e-5);
 }

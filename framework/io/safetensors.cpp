@@ -284,14 +284,35 @@ torch::Tensor SafetensorsFile::read(const std::string& name, torch::ScalarType d
     fail(path_, fmt::format("cannot read elements [{}, {}) along dim {} of {}; expected 0 <= start <= start + length <= {}",
                             start, start + length, dim, what, extent));
 
-  // The tensor as [outer, extent, inner]; the slice is [outer, length, inner].
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= tensor.shape[d];
-  for (int64_t d = dim + 1; d < rank; ++d) inner *= tensor.shape[d];
   std::vector<int64_t> out_shape = tensor.shape;
   out_shape[dim] = length;
   torch::Tensor out = torch::empty(out_shape, torch::TensorOptions().dtype(dtype));
-  if (out.numel() == 0) return out;
+  copy_slice(tensor, dim, start, out);
+  return out;
+}
+
+void SafetensorsFile::read_into(const std::string& name, torch::Tensor out, int64_t dim, int64_t start) const {
+  const TensorInfo& tensor = info(name);
+  const int64_t rank = static_cast<int64_t>(tensor.shape.size());
+  if (dim < 0) dim += rank;
+  std::vector<int64_t> expected = tensor.shape;
+  if (dim >= 0 && dim < rank) expected[dim] = out.dim() == rank ? out.size(dim) : -1;
+  const bool fits = rank > 0 && dim >= 0 && dim < rank && out.sizes().vec() == expected && out.is_contiguous() &&
+                    start >= 0 && start + out.size(dim) <= tensor.shape[dim];
+  if (!fits)
+    fail(path_, fmt::format("cannot read tensor '{}' of shape {} at dim {}, start {} into a tensor of shape {}{}", name,
+                            shape_string(tensor.shape), dim, start, shape_string(out.sizes().vec()),
+                            out.is_contiguous() ? "" : " (not contiguous)"));
+  copy_slice(tensor, dim, start, out);
+}
+
+void SafetensorsFile::copy_slice(const TensorInfo& tensor, int64_t dim, int64_t start, torch::Tensor& out) const {
+  if (out.numel() == 0) return;
+  const int64_t rank = static_cast<int64_t>(tensor.shape.size());
+  const int64_t extent = tensor.shape[dim], length = out.size(dim);
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < dim; ++d) outer *= tensor.shape[d];
+  for (int64_t d = dim + 1; d < rank; ++d) inner *= tensor.shape[d];
 
   torch::Tensor stored =
       torch::from_blob(const_cast<uint8_t*>(mapping_) + tensor.offset, {outer, extent, inner}, tensor.dtype);
@@ -316,7 +337,6 @@ torch::Tensor SafetensorsFile::read(const std::string& name, torch::ScalarType d
       drop_pages(mapping_, file_size_, source_byte(o, start), source_byte(o + n - 1, start + length));
     }
   }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -398,6 +418,10 @@ const SafetensorsFile& Checkpoint::file_of(const std::string& name) const {
 }
 
 const TensorInfo& Checkpoint::info(const std::string& name) const { return file_of(name).info(name); }
+
+void Checkpoint::read_into(const std::string& name, torch::Tensor out, int64_t dim, int64_t start) const {
+  file_of(name).read_into(name, std::move(out), dim, start);
+}
 
 torch::Tensor Checkpoint::read(const std::string& name, torch::ScalarType dtype, int64_t dim, int64_t start,
                                int64_t length) const {

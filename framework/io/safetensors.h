@@ -51,10 +51,14 @@ class SafetensorsFile {
   // of each chunk once copied (madvise MADV_DONTNEED), so that resident memory holds only what was copied.
   torch::Tensor read(const std::string& name, torch::ScalarType dtype, int64_t dim = 0, int64_t start = 0,
                      int64_t length = -1) const;
+  // The same slice, out.size(dim) long, written straight into `out` (contiguous, any dtype; every other dim
+  // equal to the tensor's): a parameter loads with no intermediate copy.
+  void read_into(const std::string& name, torch::Tensor out, int64_t dim = 0, int64_t start = 0) const;
 
  private:
   void parse_header();
   void check_no_overlap() const;
+  void copy_slice(const TensorInfo& tensor, int64_t dim, int64_t start, torch::Tensor& out) const;
 
   std::string path_;
   int64_t file_size_ = 0;
@@ -78,6 +82,7 @@ class Checkpoint {
   const TensorInfo& info(const std::string& name) const;
   torch::Tensor read(const std::string& name, torch::ScalarType dtype, int64_t dim = 0, int64_t start = 0,
                      int64_t length = -1) const;
+  void read_into(const std::string& name, torch::Tensor out, int64_t dim = 0, int64_t start = 0) const;
 
  private:
   void open_index(const std::string& index_path);

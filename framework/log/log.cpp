@@ -117,9 +117,8 @@ void write(Level level, std::string_view message) {
   if (s.file.is_open()) s.file << line << std::flush;
   const bool to_console = s.rank == 0 || s.options.all_ranks || level == Level::kError;
   if (to_console) {
-    std::FILE* stream = level >= Level::kWarn ? stderr : stdout;
-    std::fputs(line.c_str(), stream);
-    std::fflush(stream);
+    std::fputs(line.c_str(), stderr);  // stdout is kept for what a command prints as its result
+    std::fflush(stderr);
   }
 }
 

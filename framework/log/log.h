@@ -1,5 +1,6 @@
 // Log lines tagged with time and rank: "[2026-11-23 14:30:01.123 r2/4] W message". Rank 0 prints by default;
-// errors print from every rank; a per-rank file, when configured, receives every line of its rank.
+// errors print from every rank; lines go to stderr (stdout carries a command's result); a per-rank file, when
+// configured, receives every line of its rank.
 #pragma once
 
 #include <fmt/format.h>

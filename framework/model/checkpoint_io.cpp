@@ -25,13 +25,12 @@ void load_entry(const WeightEntry& e, const io::Checkpoint& checkpoint, const st
     throw Error(fmt::format("{}: tensor '{}' has shape {}, config.json implies {}", dir, e.name,
                             shape_text(info.shape), shape_text(e.full_shape)));
   if (e.spec.replicated()) {
-    e.param.copy_(checkpoint.read(e.name, torch::kFloat));
+    checkpoint.read_into(e.name, e.param);
     return;
   }
   const int64_t stored = e.spec.stored_length();
-  e.param.zero_();  // vocabulary padding
-  if (stored > 0)
-    e.param.narrow(e.spec.dim, 0, stored).copy_(checkpoint.read(e.name, torch::kFloat, e.spec.dim, e.spec.start, stored));
+  if (stored < e.spec.length) e.param.narrow(e.spec.dim, stored, e.spec.length - stored).zero_();  // vocabulary padding
+  if (stored > 0) checkpoint.read_into(e.name, e.param.narrow(e.spec.dim, 0, stored), e.spec.dim, e.spec.start);
 }
 
 // The full tensor of `e`, gathered over the TP group (padding dropped).

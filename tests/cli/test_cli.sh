@@ -14,6 +14,7 @@ passes=0
 
 check() {  # check NAME CONDITION-EXIT-CODE
   if [ "$2" -eq 0 ]; then passes=$((passes + 1)); echo "ok   $1"; else failures=$((failures + 1)); echo "FAIL $1"; fi
+  return "$2"
 }
 run() {  # run OUT ERR -- command...: stores exit code in $code
   local out=$1 err=$2; shift 3
@@ -106,8 +107,10 @@ if [ -f "$SHARED/models/stories260K/stories260K.bin" ]; then
   text="$SHARED/data/tinystories/tinystories_val.txt"
   run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/stories" --text "$text" --set output.dir="$work/ppl1"
   single=$(grep -o 'mean NLL [0-9.]*' "$work/out" | awk '{print $3}')
-  [ $code -eq 0 ] && [ -f "$work/ppl1/perplexity.json" ] && awk -v x="$single" 'BEGIN { exit !(x > 1.30 && x < 1.50) }'
-  check "eval ppl on TinyStories val: mean NLL $single nats/token, within 1.30-1.50" $? || show
+  # The whole file in windows of 512 measures 1.62 (its first 64 windows 1.39: test_checkpoint); the band
+  # catches a broken model or tokenizer (an untrained model of this vocabulary scores ln 512 = 6.2).
+  [ $code -eq 0 ] && [ -f "$work/ppl1/perplexity.json" ] && awk -v x="$single" 'BEGIN { exit !(x > 1.30 && x < 1.70) }'
+  check "eval ppl on all of TinyStories val: mean NLL $single nats/token, within 1.30-1.70" $? || show
   cat "$work/out"
   run "$work/out" "$work/err" -- "${MPI[@]}" -np 4 "$QFORGE" eval ppl --model "$work/stories" --text "$text" --set parallel.tp=2
   grid=$(grep -o 'mean NLL [0-9.]*' "$work/out" | awk '{print $3}')
