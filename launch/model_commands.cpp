@@ -40,6 +40,18 @@ std::string tokenizer_path(const ModelSettings& model) {
   throw UsageError(fmt::format("{} has no tokenizer.model or tokenizer.bin; set model.tokenizer (or --tokenizer)", model.path));
 }
 
+torch::Device model_device(const CommandContext& context) {
+  if (context.config.model.device == "cpu") return torch::kCPU;
+  if (!torch::cuda::is_available())
+    throw UsageError("model.device is cuda, but no CUDA device is visible (or libtorch has no CUDA)");
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(context.runtime.local_rank() % torch::cuda::device_count()));
+}
+
+std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid) {
+  return model::load_pretrained(context.config.model.path, grid.tp_group(), model::parse_dtype(context.config.model.dtype),
+                                model_device(context));
+}
+
 void write_outputs(const CommandContext& context, const std::string& name, const std::string& contents) {
   const std::string& dir = context.config.output.dir;
   if (dir.empty() || context.runtime.rank() != 0) return;
@@ -68,7 +80,7 @@ int run_eval(CommandContext& context) {
   required_setting(c.model.path, "model.path", "model");
   required_setting(c.eval.text, "eval.text", "text");
   dist::Grid grid(context.runtime, c.parallel.tp);
-  auto model = model::load_pretrained(c.model.path, grid.tp_group());
+  auto model = load_model(context, grid);
   auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
   torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
   const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model->config().max_positions;
@@ -88,7 +100,7 @@ int run_generate_text(CommandContext& context) {
   const QforgeConfig& c = context.config;
   required_setting(c.model.path, "model.path", "model");
   dist::Grid grid(context.runtime, c.parallel.tp);
-  auto model = model::load_pretrained(c.model.path, grid.tp_group());
+  auto model = load_model(context, grid);
   auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
   const GenerateTextSettings& g = c.generate_text;
   std::vector<int64_t> prompt = tokenizer->encode(g.prompt, /*bos=*/true, /*eos=*/false);

@@ -20,6 +20,9 @@ constexpr double kLogitRelTol = 1e-4;
 constexpr double kGradAbsTol = 1e-6;
 constexpr double kGradRelTol = 1e-3;
 constexpr double kNllAbsTol = 1e-5;
+// bf16 keeps 8 bits of mantissa: weights and activations round at 2^-9 relative, over two layers.
+constexpr double kBf16LogitAbsTol = 2e-3;
+constexpr double kBf16LogitRelTol = 2e-2;  // measured: 0.5-1.1% of the largest logit
 
 dist::Runtime& runtime() { return *dist::Runtime::current(); }
 
@@ -171,6 +174,23 @@ TEST(TensorParallel, GradientsMatchTheUnshardedModel) {
         expect_close(actual, expected, kGradAbsTol, kGradRelTol, where + ", grad of " + mine[i].name);
       }
     }
+}
+
+TEST(Precision, Bfloat16LogitsStayCloseToFp32UnderTp) {
+  for (const auto& [name, config] : configs()) {
+    const int tp = runtime().size() % 2 == 0 ? 2 : 1;
+    dist::Grid grid(runtime(), tp);
+    CausalLM model(config, grid.tp_group());
+    init_random(model, 8, 0.1);
+    torch::NoGradGuard no_grad;
+    torch::Tensor ids = random_ids(2, 11, config.vocab_size, 5);
+    torch::Tensor fp32 = gather_vocab(model.forward(ids), grid.tp_group(), config.vocab_size);
+    model.to(torch::kBFloat16);
+    torch::Tensor bf16 = gather_vocab(model.forward(ids), grid.tp_group(), config.vocab_size);
+    EXPECT_EQ(bf16.scalar_type(), torch::kFloat);
+    EXPECT_GT((bf16 - fp32).abs().max().item<double>(), 0.0) << "the bf16 run must really round";
+    expect_close(bf16, fp32, kBf16LogitAbsTol, kBf16LogitRelTol, fmt::format("{}: bf16 vs fp32 under TP {}", name, tp));
+  }
 }
 
 TEST(KvCache, IncrementalDecodingMatchesTheFullForward) {

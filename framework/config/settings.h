@@ -49,10 +49,14 @@ struct OutputSettings {
 struct ModelSettings {
   std::string path;       // Hugging Face checkpoint directory (config.json + safetensors)
   std::string tokenizer;  // tokenizer.model or tokenizer.bin; "": the one in the model directory
+  std::string dtype = "float32";  // float32, bfloat16, float16 (the last two for CUDA)
+  std::string device = "cpu";     // cpu, or cuda (each rank takes the GPU of its node-local rank)
   template <class V>
   void visit(V& v) {
     v("path", path);
     v("tokenizer", tokenizer);
+    v("dtype", dtype, config::one_of({"float32", "bfloat16", "float16"}));
+    v("device", device, config::one_of({"cpu", "cuda"}));
   }
 };
 

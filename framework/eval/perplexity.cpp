@@ -34,7 +34,7 @@ PerplexityResult perplexity(model::CausalLM& model, const torch::Tensor& tokens,
     torch::Tensor targets = batch.narrow(1, 1, seq_len - 1).reshape({-1});
     torch::Tensor nll = model::vocab_parallel_cross_entropy(logits.reshape({-1, logits.size(-1)}), targets, model.tp(),
                                                             model.vocab_start());
-    nll_sum += nll.to(torch::kDouble).sum();
+    nll_sum += nll.to(torch::kDouble).sum().cpu();
     progress.advance(count);
   }
   dp.all_reduce(nll_sum, dist::ReduceOp::kSum);

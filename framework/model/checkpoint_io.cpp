@@ -53,13 +53,22 @@ void load_weights(CausalLM& model, const io::Checkpoint& checkpoint, const std::
   }
 }
 
-std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp) {
+std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp, torch::ScalarType dtype,
+                                          torch::Device device) {
   ModelConfig config = ModelConfig::from_file((fs::path(dir) / "config.json").string());
   auto model = std::make_shared<CausalLM>(config, tp);
   io::Checkpoint checkpoint(dir);
   load_weights(*model, checkpoint, dir);
+  if (dtype != torch::kFloat || device != torch::Device(torch::kCPU)) model->to(device, dtype);
   model->eval();
   return model;
+}
+
+torch::ScalarType parse_dtype(const std::string& name) {
+  if (name == "float32") return torch::kFloat;
+  if (name == "bfloat16") return torch::kBFloat16;
+  if (name == "float16") return torch::kHalf;
+  throw UsageError(fmt::format("model.dtype '{}' is not one of float32, bfloat16, float16", name));
 }
 
 void save_pretrained(CausalLM& model, const std::string& dir, bool write, int64_t max_shard_bytes) {

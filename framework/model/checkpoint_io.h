@@ -18,8 +18,13 @@ namespace qforge::model {
 // config.json is an Error naming the tensor and both shapes.
 void load_weights(CausalLM& model, const io::Checkpoint& checkpoint, const std::string& dir);
 
-// config.json + weights from `dir`, sharded over `tp`.
-std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp);
+// config.json + weights from `dir`, sharded over `tp`, then moved to `device` and `dtype` (fp32 on CPU; bf16 or
+// fp16 on CUDA).
+std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp,
+                                          torch::ScalarType dtype = torch::kFloat, torch::Device device = torch::kCPU);
+
+// "float32", "bfloat16", "float16" -> dtype; throws UsageError naming model.dtype otherwise.
+torch::ScalarType parse_dtype(const std::string& name);
 
 // Collective over the model's TP group: gathers every tensor. When `write` (pass true on one TP group only,
 // e.g. DP rank 0), its TP rank 0 writes `dir`/config.json and the safetensors (sharded above max_shard_bytes

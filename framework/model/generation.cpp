@@ -64,9 +64,10 @@ std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<st
   std::vector<std::vector<int64_t>> outputs(batch);
   std::vector<bool> done(batch, false);
   for (int64_t step = 0; step < max_new_tokens; ++step) {
+    // Sampling runs on the CPU, with a CPU generator: the same tokens whatever the device.
     torch::Tensor chosen = options.temperature <= 0
-                               ? vocab_parallel_argmax(logits, model.tp(), model.vocab_start())
-                               : sample_from_logits(gather_vocab(logits, model.tp(), model.config().vocab_size), options, generator);
+                               ? vocab_parallel_argmax(logits, model.tp(), model.vocab_start()).cpu()
+                               : sample_from_logits(gather_vocab(logits, model.tp(), model.config().vocab_size).cpu(), options, generator);
     bool any_active = false;
     for (int64_t b = 0; b < batch; ++b) {
       if (done[b]) continue;

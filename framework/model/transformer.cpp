@@ -65,7 +65,7 @@ NormImpl::NormImpl(const std::string& name, const ModelConfig& config, int64_t d
 }
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
-  if (!rms_) return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps_);
+  if (!rms_) return torch::layer_norm(x.to(torch::kFloat), {x.size(-1)}, weight.to(torch::kFloat), bias.to(torch::kFloat), eps_).to(x.scalar_type());
   torch::Tensor x32 = x.to(torch::kFloat);
   torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
   return weight * normed.to(x.scalar_type());
@@ -202,9 +202,12 @@ CausalLM::CausalLM(ModelConfig config, dist::Communicator& tp) : config_(std::mo
                                                    c.tie_word_embeddings ? &embed_tokens : nullptr));
 }
 
-torch::Tensor CausalLM::forward(const torch::Tensor& ids, torch::Tensor positions, KvCache* cache) {
+torch::Tensor CausalLM::forward(const torch::Tensor& input_ids, torch::Tensor positions, KvCache* cache) {
+  const torch::Device device = embed_tokens->weight.device();
+  const torch::Tensor ids = input_ids.to(device);
   const int64_t batch = ids.size(0), length = ids.size(1);
   if (!positions.defined()) positions = torch::arange(length, torch::kLong).unsqueeze(0).expand({batch, length});
+  positions = positions.to(device);
   if (cache && positions.max().item<int64_t>() >= cache->capacity)
     throw Error(fmt::format("position {} is past the KV cache's capacity {}", positions.max().item<int64_t>(), cache->capacity));
   torch::Tensor h = embed_tokens(ids);
