@@ -8,6 +8,7 @@
 #include "framework/model/checkpoint_io.h"
 #include "framework/model/generation.h"
 #include "framework/tokenizer/tokenizer.h"
+#include "tests/model_fixtures.h"
 #include "tests/test_support.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -28,8 +29,6 @@ constexpr double kLogitRelTol = 1e-4;
 // and (measured: 12 MB on 1 rank, 31-35 MB on 2-4 ranks) what the process maps beside, MPI's shared memory.
 constexpr double kLoadSlackMb = 48.0;
 
-dist::Runtime& runtime() { return *dist::Runtime::current(); }
-
 // A directory every rank agrees on (named by rank 0's pid), removed at the end.
 class SharedDir {
  public:
@@ -48,17 +47,7 @@ class SharedDir {
   std::string path_;
 };
 
-ModelConfig small_llama() {
-  ModelConfig c;
-  c.vocab_size = 250;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_layers = 2;
-  c.num_heads = 8;
-  c.num_kv_heads = 4;
-  c.max_positions = 64;
-  return c;
-}
+ModelConfig small_llama() { return llama(8, 4, /*tied=*/false); }
 
 torch::Tensor logits_of(CausalLM& model, const torch::Tensor& ids) {
   torch::NoGradGuard no_grad;
@@ -68,8 +57,7 @@ torch::Tensor logits_of(CausalLM& model, const torch::Tensor& ids) {
 TEST(Checkpoint, SavedUnderOneTpSizeLoadsUnderAnother) {
   SharedDir dir("ckpt");
   const ModelConfig config = small_llama();
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(3);
-  torch::Tensor ids = torch::randint(config.vocab_size, {2, 10}, generator, torch::kLong);
+  torch::Tensor ids = random_ids(2, 10, config.vocab_size, 3);
   const int world = runtime().size();
   dist::Grid save_grid(runtime(), world);  // save from the widest TP
   CausalLM saved(config, save_grid.tp_group());
@@ -85,10 +73,8 @@ TEST(Checkpoint, SavedUnderOneTpSizeLoadsUnderAnother) {
       dist::Grid grid(runtime(), tp);
       auto loaded = load_pretrained(dir / layout, grid.tp_group());
       EXPECT_EQ(loaded->config().to_json(), config.to_json());
-      torch::Tensor logits = logits_of(*loaded, ids);
-      const double error = (logits - expected).abs().max().item<double>();
-      EXPECT_LE(error, kLogitAbsTol + kLogitRelTol * expected.abs().max().item<double>())
-          << layout << " saved under TP " << world << ", loaded under TP " << tp;
+      expect_close(logits_of(*loaded, ids), expected, kLogitAbsTol, kLogitRelTol,
+                   fmt::format("{} saved under TP {}, loaded under TP {}", layout, world, tp));
     }
 }
 
