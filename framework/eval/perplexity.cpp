@@ -16,8 +16,9 @@ namespace qforge::eval {
 PerplexityResult perplexity(model::CausalLM& model, const torch::Tensor& tokens, int64_t seq_len, int64_t batch_size,
                             dist::Communicator& dp) {
   torch::NoGradGuard no_grad;
-  QF_CHECK(seq_len >= 2 && seq_len <= model.config().max_positions,
-           fmt::format("eval.seq_len = {} must be in [2, {}] (the model's context)", seq_len, model.config().max_positions));
+  if (seq_len < 2 || seq_len > model.config().max_positions)
+    throw UsageError(fmt::format("eval.seq_len = {} must be in [2, {}] (the model's context)", seq_len,
+                                 model.config().max_positions));
   const int64_t windows = tokens.numel() / seq_len;
   QF_CHECK(windows > 0, fmt::format("the text has {} tokens, fewer than one window of {}", tokens.numel(), seq_len));
   std::vector<int64_t> mine;
