@@ -1,0 +1,733 @@
+#include "framework/io/corpus.h"
+
+#include "framework/common/atomic_file.h"
+#include "framework/common/error.h"
+#include "framework/log/log.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <numeric>
+#include <random>
+#include <set>
+
+namespace qforge::io {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr char kJournalMagic[4] = {'Q', 'F', 'C', 'J'};
+constexpr uint32_t kJournalVersion = 1;
+constexpr size_t kHeaderFixedBytes = 12;               // magic, version, identity length
+constexpr size_t kRecordFixedBytes = 12;               // index, length
+constexpr uint32_t kMaxIdentityBytes = 64u << 20;      // a sanity bound on the header's JSON
+constexpr hsize_t kRowsPerChunk = 64;                  // "tokens" chunk: 64 samples x seq_len
+constexpr hsize_t kValuesPerChunk = 4096;              // "lengths" / "complete" chunk
+constexpr unsigned kDeflateLevel = 4;
+constexpr size_t kChunkCacheBytes = 32u << 20;
+const char* const kIntegerKeys[] = {"num_samples", "seq_len", "vocab_size"};
+
+// ---- bytes ---------------------------------------------------------------------------------------------------
+
+std::array<uint32_t, 256> make_crc_table() {
+  std::array<uint32_t, 256> table{};
+  for (uint32_t n = 0; n < 256; ++n) {
+    uint32_t c = n;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    table[n] = c;
+  }
+  return table;
+}
+
+void put_u32(std::string& out, uint32_t value) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
+}
+
+void put_u64(std::string& out, uint64_t value) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
+}
+
+uint32_t get_u32(const unsigned char* p) {
+  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
+}
+
+uint64_t get_u64(const unsigned char* p) { return uint64_t{get_u32(p)} | uint64_t{get_u32(p + 4)} << 32; }
+
+const unsigned char* bytes_of(const std::string& s) { return reinterpret_cast<const unsigned char*>(s.data()); }
+
+std::string parent_dir(const std::string& path) {
+  const fs::path parent = fs::path(path).parent_path();
+  return parent.empty() ? std::string(".") : parent.string();
+}
+
+// Makes a rename or link inside `dir` durable. Best effort: some file systems refuse fsync on a directory.
+void fsync_directory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  const bool ok = fd >= 0 && ::fsync(fd) == 0;
+  const int error = errno;
+  if (fd >= 0) ::close(fd);
+  if (!ok) throw Error(fmt::format("cannot fsync '{}': {}", path, std::strerror(error)));
+}
+
+std::string shortened(const json& value) {
+  std::string text = value.dump();
+  return text.size() <= 80 ? text : text.substr(0, 77) + "...";
+}
+
+// ---- identity ------------------------------------------------------------------------------------------------
+
+CorpusIdentity identity_from_json(const json& j, const std::string& where) {
+  CorpusIdentity identity;
+  const bool ok = j.is_object() && j.contains("attributes");
+  for (const char* key : kIntegerKeys)
+    if (!ok || !j.contains(key) || !j.at(key).is_number_integer())
+      throw Error(fmt::format("{} holds no corpus identity: integer '{}' and object 'attributes' are expected", where, key));
+  identity.num_samples = j.at("num_samples").get<int64_t>();
+  identity.seq_len = j.at("seq_len").get<int64_t>();
+  identity.vocab_size = j.at("vocab_size").get<int64_t>();
+  identity.attributes = j.at("attributes");
+  return identity;
+}
+
+void first_json_difference(const json& expected, const json& found, const std::string& prefix, std::string& key) {
+  if (!key.empty() || expected == found) return;
+  if (!expected.is_object() || !found.is_object()) {
+    key = prefix;
+    return;
+  }
+  std::set<std::string> keys;
+  for (const auto& item : expected.items()) keys.insert(item.key());
+  for (const auto& item : found.items()) keys.insert(item.key());
+  for (const std::string& name : keys) {
+    const std::string path = prefix + "." + name;
+    if (!expected.contains(name) || !found.contains(name)) key = path;
+    else first_json_difference(expected.at(name), found.at(name), path, key);
+    if (!key.empty()) return;
+  }
+}
+
+json value_at(const json& root, const std::string& dotted) {
+  const json* node = &root;
+  size_t start = 0;
+  while (start <= dotted.size()) {
+    const size_t end = std::min(dotted.find('.', start), dotted.size());
+    const std::string name = dotted.substr(start, end - start);
+    if (!node->is_object() || !node->contains(name)) return json("(absent)");
+    node = &node->at(name);
+    start = end + 1;
+  }
+  return *node;
+}
+
+// ---- journal -------------------------------------------------------------------------------------------------
+
+std::string encode_header(const CorpusIdentity& identity) {
+  const std::string text = identity.to_json().dump();
+  std::string header(kJournalMagic, 4);
+  put_u32(header, kJournalVersion);
+  put_u32(header, static_cast<uint32_t>(text.size()));
+  header += text;
+  put_u32(header, crc32(header.data(), header.size()));
+  return header;
+}
+
+std::string encode_record(const CorpusSample& sample) {
+  std::string record;
+  record.reserve(kRecordFixedBytes + 4 * sample.tokens.size() + 4);
+  put_u64(record, static_cast<uint64_t>(sample.index));
+  put_u32(record, static_cast<uint32_t>(sample.tokens.size()));
+  for (int32_t token : sample.tokens) put_u32(record, static_cast<uint32_t>(token));
+  put_u32(record, crc32(record.data(), record.size()));
+  return record;
+}
+
+void write_all(std::FILE* file, const std::string& bytes, const std::string& path) {
+  if (std::fwrite(bytes.data(), 1, bytes.size(), file) != bytes.size())
+    throw Error(fmt::format("cannot write to journal '{}': {}", path, std::strerror(errno)));
+}
+
+void flush_and_sync(std::FILE* file, const std::string& path) {
+  if (std::fflush(file) != 0 || ::fsync(::fileno(file)) != 0)
+    throw Error(fmt::format("cannot make journal '{}' durable (fflush + fsync): {}", path, std::strerror(errno)));
+}
+
+// Reads exactly `size` bytes; false at the end of the file.
+bool read_exactly(std::FILE* file, std::string& out, size_t size) {
+  out.resize(size);
+  return std::fread(out.data(), 1, size, file) == size;
+}
+
+struct FileCloser {
+  void operator()(std::FILE* file) const { std::fclose(file); }
+};
+using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
+
+CorpusIdentity read_journal_header(std::FILE* file, const std::string& path) {
+  const std::string damaged = fmt::format("journal '{}' has a damaged header", path);
+  std::string fixed, text, crc;
+  if (!read_exactly(file, fixed, kHeaderFixedBytes))
+    throw Error(damaged + fmt::format(" (cut short within its first {} bytes; journals are created whole, so the file was damaged later)", kHeaderFixedBytes));
+  if (std::memcmp(fixed.data(), kJournalMagic, 4) != 0)
+    throw Error(fmt::format("'{}' is not a qforge corpus journal: it does not start with \"QFCJ\"", path));
+  const uint32_t version = get_u32(bytes_of(fixed) + 4);
+  if (version != kJournalVersion)
+    throw Error(fmt::format("journal '{}' has version {}, but only version {} is known", path, version, kJournalVersion));
+  const uint32_t size = get_u32(bytes_of(fixed) + 8);
+  if (size > kMaxIdentityBytes || !read_exactly(file, text, size) || !read_exactly(file, crc, 4))
+    throw Error(damaged + " (cut short or with an impossible identity length)");
+  if (get_u32(bytes_of(crc)) != crc32(text.data(), text.size(), crc32(fixed.data(), fixed.size())))
+    throw Error(damaged + " (its CRC-32 does not match)");
+  const json identity = json::parse(text, nullptr, false);
+  if (identity.is_discarded()) throw Error(damaged + " (its identity is not valid JSON)");
+  return identity_from_json(identity, fmt::format("the header of journal '{}'", path));
+}
+
+// One record into `sample`; an empty string, or why the record is cut short or fails its checks.
+std::string read_record(std::FILE* file, const CorpusIdentity& identity, CorpusSample& sample) {
+  std::string fixed, body;
+  if (!read_exactly(file, fixed, kRecordFixedBytes)) return "cut short in its index and length";
+  sample.index = static_cast<int64_t>(get_u64(bytes_of(fixed)));
+  const int64_t length = static_cast<int32_t>(get_u32(bytes_of(fixed) + 8));
+  if (sample.index < 0 || sample.index >= identity.num_samples || length < 1 || length > identity.seq_len)
+    return fmt::format("with index {} or length {} out of range", sample.index, length);
+  if (!read_exactly(file, body, static_cast<size_t>(4 * length + 4))) return "cut short in its tokens";
+  const uint32_t expected = crc32(body.data(), body.size() - 4, crc32(fixed.data(), fixed.size()));
+  if (get_u32(bytes_of(body) + body.size() - 4) != expected) return "whose CRC-32 does not match";
+  sample.tokens.resize(static_cast<size_t>(length));
+  for (int64_t i = 0; i < length; ++i) sample.tokens[i] = static_cast<int32_t>(get_u32(bytes_of(body) + 4 * i));
+  return "";
+}
+
+void add_sample(JournalContents& contents, std::map<int64_t, std::string>& origin, CorpusSample& sample,
+                const std::string& path) {
+  auto [it, inserted] = contents.samples.try_emplace(sample.index, std::move(sample.tokens));
+  if (inserted) {
+    origin[sample.index] = path;
+  } else if (it->second != sample.tokens) {
+    throw Error(fmt::format("sample {} differs between journals '{}' and '{}': generation of a sample must be "
+                            "deterministic, so one of them is from another run",
+                            sample.index, origin[sample.index], path));
+  }
+}
+
+// Reads one journal into `contents`; returns whether its tail was dropped.
+bool read_journal(const std::string& path, const CorpusIdentity& expected, JournalContents& contents,
+                  std::map<int64_t, std::string>& origin) {
+  FilePtr file(std::fopen(path.c_str(), "rb"));
+  if (!file) throw Error(fmt::format("cannot open journal '{}': {}", path, std::strerror(errno)));
+  const CorpusIdentity found = read_journal_header(file.get(), path);
+  const std::string key = first_difference(expected, found);
+  if (!key.empty())
+    throw Error(fmt::format("journal '{}' belongs to another corpus: '{}' is {} there but {} now; move it out of "
+                            "'{}' or run with its settings (it is never appended to)",
+                            path, key, shortened(value_at(found.to_json(), key)),
+                            shortened(value_at(expected.to_json(), key)), parent_dir(path)));
+  const auto size = static_cast<int64_t>(fs::file_size(path));
+  for (;;) {
+    const int64_t offset = std::ftell(file.get());
+    if (offset >= size) return false;
+    CorpusSample sample;
+    const std::string why = read_record(file.get(), expected, sample);
+    if (!why.empty()) {
+      log::warn("journal '{}': dropped its last {} bytes from byte {} on (a record {}, as a crash leaves it); "
+                "those samples will be generated again", path, size - offset, offset, why);
+      return true;
+    }
+    add_sample(contents, origin, sample, path);
+  }
+}
+
+// ---- HDF5 ----------------------------------------------------------------------------------------------------
+
+// Silences HDF5's own error-stack printing while alive: failures become qforge::Error naming file and call.
+class Hdf5Quiet {
+ public:
+  Hdf5Quiet() {
+    H5Eget_auto2(H5E_DEFAULT, &function_, &data_);
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  }
+  ~Hdf5Quiet() { H5Eset_auto2(H5E_DEFAULT, function_, data_); }
+  Hdf5Quiet(const Hdf5Quiet&) = delete;
+  Hdf5Quiet& operator=(const Hdf5Quiet&) = delete;
+
+ private:
+  H5E_auto2_t function_ = nullptr;
+  void* data_ = nullptr;
+};
+
+hid_t check_id(hid_t id, const char* call, const std::string& path) {
+  if (id < 0) throw Error(fmt::format("HDF5 call {} failed on corpus file '{}'", call, path));
+  return id;
+}
+
+void check_status(herr_t status, const char* call, const std::string& path) {
+  if (status < 0) throw Error(fmt::format("HDF5 call {} failed on corpus file '{}'", call, path));
+}
+
+// An HDF5 identifier closed on destruction (unchecked) or by close() (checked).
+class H5Id {
+ public:
+  H5Id(hid_t id, herr_t (*close)(hid_t), const char* call, const std::string& path)
+      : id_(check_id(id, call, path)), close_(close) {}
+  ~H5Id() {
+    if (id_ >= 0) close_(id_);
+  }
+  H5Id(H5Id&& other) noexcept : id_(other.release()), close_(other.close_) {}
+  H5Id(const H5Id&) = delete;
+  H5Id& operator=(const H5Id&) = delete;
+  hid_t get() const { return id_; }
+  hid_t release() { return std::exchange(id_, -1); }
+  void close(const char* call, const std::string& path) { check_status(close_(release()), call, path); }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
+hid_t token_file_type(int64_t vocab_size) {
+  if (vocab_size <= (int64_t{1} << 8)) return H5T_STD_U8LE;
+  if (vocab_size <= (int64_t{1} << 16)) return H5T_STD_U16LE;
+  return H5T_STD_U32LE;
+}
+
+H5Id create_dataset(hid_t file, const char* name, hid_t type, const std::vector<hsize_t>& dims,
+                    const std::vector<hsize_t>& chunk, const std::string& path) {
+  const int rank = static_cast<int>(dims.size());
+  H5Id space(H5Screate_simple(rank, dims.data(), nullptr), H5Sclose, "H5Screate_simple", path);
+  H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, "H5Pcreate", path);
+  check_status(H5Pset_chunk(dcpl.get(), rank, chunk.data()), "H5Pset_chunk", path);
+  check_status(H5Pset_deflate(dcpl.get(), kDeflateLevel), "H5Pset_deflate", path);
+  return H5Id(H5Dcreate2(file, name, type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose,
+              "H5Dcreate2", path);
+}
+
+void write_int_attribute(hid_t file, const char* name, int64_t value, const std::string& path) {
+  H5Id space(H5Screate(H5S_SCALAR), H5Sclose, "H5Screate", path);
+  H5Id attribute(H5Acreate2(file, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+                 "H5Acreate2", path);
+  check_status(H5Awrite(attribute.get(), H5T_NATIVE_INT64, &value), "H5Awrite", path);
+  attribute.close("H5Aclose", path);
+}
+
+H5Id string_type(const std::string& path) {
+  H5Id type(H5Tcopy(H5T_C_S1), H5Tclose, "H5Tcopy", path);
+  check_status(H5Tset_size(type.get(), H5T_VARIABLE), "H5Tset_size", path);
+  check_status(H5Tset_cset(type.get(), H5T_CSET_UTF8), "H5Tset_cset", path);
+  return type;
+}
+
+void write_string_attribute(hid_t file, const std::string& name, const std::string& value, const std::string& path) {
+  H5Id type = string_type(path);
+  H5Id space(H5Screate(H5S_SCALAR), H5Sclose, "H5Screate", path);
+  H5Id attribute(H5Acreate2(file, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+                 "H5Acreate2", path);
+  const char* text = value.c_str();
+  check_status(H5Awrite(attribute.get(), type.get(), &text), "H5Awrite", path);
+  attribute.close("H5Aclose", path);
+}
+
+void write_identity(hid_t file, const CorpusIdentity& identity, const std::string& path) {
+  write_int_attribute(file, "num_samples", identity.num_samples, path);
+  write_int_attribute(file, "seq_len", identity.seq_len, path);
+  write_int_attribute(file, "vocab_size", identity.vocab_size, path);
+  for (const auto& item : identity.attributes.items()) write_string_attribute(file, item.key(), item.value().dump(), path);
+}
+
+// Selects rows [first, first + rows) of a [N, seq_len] dataset; returns the file space.
+H5Id select_rows(hid_t dataset, hsize_t first, hsize_t rows, hsize_t seq_len, const std::string& path) {
+  H5Id space(H5Dget_space(dataset), H5Sclose, "H5Dget_space", path);
+  const hsize_t start[2] = {first, 0}, count[2] = {rows, seq_len};
+  check_status(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr),
+               "H5Sselect_hyperslab", path);
+  return space;
+}
+
+void write_tokens(hid_t file, const CorpusIdentity& identity, const std::map<int64_t, std::vector<int32_t>>& samples,
+                  const std::string& path) {
+  const auto n = static_cast<hsize_t>(identity.num_samples), seq_len = static_cast<hsize_t>(identity.seq_len);
+  H5Id dataset = create_dataset(file, "tokens", token_file_type(identity.vocab_size), {n, seq_len},
+                                {std::min(n, kRowsPerChunk), seq_len}, path);
+  std::vector<uint32_t> block;
+  auto sample = samples.begin();
+  for (hsize_t first = 0; first < n; first += kRowsPerChunk) {
+    const hsize_t rows = std::min(kRowsPerChunk, n - first);
+    block.assign(rows * seq_len, 0);
+    for (hsize_t row = 0; row < rows; ++row, ++sample)
+      std::copy(sample->second.begin(), sample->second.end(), block.begin() + static_cast<int64_t>(row * seq_len));
+    const hsize_t dims[2] = {rows, seq_len};
+    H5Id memory(H5Screate_simple(2, dims, nullptr), H5Sclose, "H5Screate_simple", path);
+    H5Id space = select_rows(dataset.get(), first, rows, seq_len, path);
+    check_status(H5Dwrite(dataset.get(), H5T_NATIVE_UINT32, memory.get(), space.get(), H5P_DEFAULT, block.data()),
+                 "H5Dwrite(tokens)", path);
+  }
+  dataset.close("H5Dclose(tokens)", path);
+}
+
+template <typename T>
+void write_vector(hid_t file, const char* name, hid_t file_type, hid_t memory_type, const std::vector<T>& values,
+                  const std::string& path) {
+  const auto n = static_cast<hsize_t>(values.size());
+  H5Id dataset = create_dataset(file, name, file_type, {n}, {std::min(n, kValuesPerChunk)}, path);
+  check_status(H5Dwrite(dataset.get(), memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), "H5Dwrite", path);
+  dataset.close("H5Dclose", path);
+}
+
+void check_samples(const std::string& path, const CorpusIdentity& identity,
+                   const std::map<int64_t, std::vector<int32_t>>& samples) {
+  int64_t expected = 0;
+  for (const auto& [index, tokens] : samples) {
+    if (index < 0 || index >= identity.num_samples)
+      throw Error(fmt::format("cannot write corpus '{}': sample {} is outside 0..{}", path, index, identity.num_samples - 1));
+    if (index != expected)
+      throw Error(fmt::format("cannot write corpus '{}': sample {} is missing (samples 0..{} are expected)", path,
+                              expected, identity.num_samples - 1));
+    const auto length = static_cast<int64_t>(tokens.size());
+    if (length < 1 || length > identity.seq_len)
+      throw Error(fmt::format("cannot write corpus '{}': sample {} has {} tokens, 1..{} expected", path, index, length,
+                              identity.seq_len));
+    for (int32_t token : tokens)
+      if (token < 0 || token >= identity.vocab_size)
+        throw Error(fmt::format("cannot write corpus '{}': sample {} holds token id {}, outside 0..{}", path, index,
+                                token, identity.vocab_size - 1));
+    ++expected;
+  }
+  if (expected != identity.num_samples)
+    throw Error(fmt::format("cannot write corpus '{}': {} samples given, exactly 0..{} expected", path, samples.size(),
+                            identity.num_samples - 1));
+}
+
+herr_t collect_attribute_name(hid_t, const char* name, const H5A_info_t*, void* names) {
+  static_cast<std::vector<std::string>*>(names)->push_back(name);
+  return 0;
+}
+
+int64_t read_int_attribute(hid_t attribute, const std::string& name, const std::string& path) {
+  H5Id type(H5Aget_type(attribute), H5Tclose, "H5Aget_type", path);
+  if (H5Tget_class(type.get()) != H5T_INTEGER)
+    throw Error(fmt::format("corpus file '{}': attribute '{}' is not an integer", path, name));
+  int64_t value = 0;
+  check_status(H5Aread(attribute, H5T_NATIVE_INT64, &value), "H5Aread", path);
+  return value;
+}
+
+json read_json_attribute(hid_t attribute, const std::string& name, const std::string& path) {
+  H5Id file_type(H5Aget_type(attribute), H5Tclose, "H5Aget_type", path);
+  const htri_t variable = H5Tis_variable_str(file_type.get());
+  if (H5Tget_class(file_type.get()) != H5T_STRING || variable <= 0)
+    throw Error(fmt::format("corpus file '{}': attribute '{}' is not a variable-length string", path, name));
+  H5Id type = string_type(path);
+  char* text = nullptr;
+  check_status(H5Aread(attribute, type.get(), &text), "H5Aread", path);
+  const json value = json::parse(text ? text : "", nullptr, false);
+  H5free_memory(text);
+  if (value.is_discarded())
+    throw Error(fmt::format("corpus file '{}': attribute '{}' does not hold JSON text", path, name));
+  return value;
+}
+
+// The dataset's extent, checked against `dims`.
+void check_extent(hid_t dataset, const char* name, const std::vector<hsize_t>& dims, const std::string& path) {
+  H5Id space(H5Dget_space(dataset), H5Sclose, "H5Dget_space", path);
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  check_status(rank, "H5Sget_simple_extent_ndims", path);
+  std::vector<hsize_t> found(static_cast<size_t>(rank), 0);
+  if (rank > 0) check_status(H5Sget_simple_extent_dims(space.get(), found.data(), nullptr), "H5Sget_simple_extent_dims", path);
+  if (found != dims)
+    throw Error(fmt::format("corpus file '{}': dataset '{}' has shape [{}], [{}] expected", path, name,
+                            fmt::join(found, ", "), fmt::join(dims, ", ")));
+}
+
+void check_token_type(hid_t dataset, const std::string& path) {
+  H5Id type(H5Dget_type(dataset), H5Tclose, "H5Dget_type", path);
+  const size_t size = H5Tget_size(type.get());
+  if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_sign(type.get()) != H5T_SGN_NONE || size == 0 || size > 4)
+    throw Error(fmt::format("corpus file '{}': dataset 'tokens' is not of an unsigned integer type of 1, 2 or 4 bytes", path));
+}
+
+template <typename T>
+std::vector<T> read_vector(hid_t file, const char* name, hid_t memory_type, int64_t n, const std::string& path) {
+  H5Id dataset(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose, fmt::format("H5Dopen2({})", name).c_str(), path);
+  check_extent(dataset.get(), name, {static_cast<hsize_t>(n)}, path);
+  std::vector<T> values(static_cast<size_t>(n));
+  check_status(H5Dread(dataset.get(), memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
+               fmt::format("H5Dread({})", name).c_str(), path);
+  return values;
+}
+
+uint64_t bounded(std::mt19937_64& rng, uint64_t bound) {
+  const uint64_t threshold = (0 - bound) % bound;  // 2^64 mod bound: below it, x % bound would be biased
+  for (;;) {
+    const uint64_t x = rng();
+    if (x >= threshold) return x % bound;
+  }
+}
+
+}  // namespace
+
+// ---- public --------------------------------------------------------------------------------------------------
+
+uint32_t crc32(const void* data, size_t size, uint32_t crc) {
+  static const std::array<uint32_t, 256> table = make_crc_table();
+  const auto* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+json CorpusIdentity::to_json() const {
+  return {{"num_samples", num_samples}, {"seq_len", seq_len}, {"vocab_size", vocab_size}, {"attributes", attributes}};
+}
+
+void CorpusIdentity::validate(const std::string& where) const {
+  if (num_samples < 1 || seq_len < 1 || vocab_size < 1 || vocab_size > (int64_t{1} << 32))
+    throw Error(fmt::format("{}: corpus identity num_samples {}, seq_len {}, vocab_size {} is invalid: all must be "
+                            "positive and vocab_size at most 2^32", where, num_samples, seq_len, vocab_size));
+  if (!attributes.is_object())
+    throw Error(fmt::format("{}: corpus attributes must be a JSON object, not {}", where, attributes.type_name()));
+  for (const char* key : kIntegerKeys)
+    if (attributes.contains(key))
+      throw Error(fmt::format("{}: corpus attribute '{}' clashes with the identity's own integer of that name", where, key));
+}
+
+std::string first_difference(const CorpusIdentity& expected, const CorpusIdentity& found) {
+  if (expected.num_samples != found.num_samples) return "num_samples";
+  if (expected.seq_len != found.seq_len) return "seq_len";
+  if (expected.vocab_size != found.vocab_size) return "vocab_size";
+  std::string key;
+  first_json_difference(expected.attributes, found.attributes, "attributes", key);
+  return key;
+}
+
+CorpusJournalWriter::CorpusJournalWriter(const std::string& path, const CorpusIdentity& identity)
+    : path_(path), identity_(identity) {
+  identity.validate(fmt::format("journal '{}'", path));
+  if (fs::exists(path))
+    throw Error(fmt::format("journal '{}' already exists: journals are never appended to, give this run a new name", path));
+  const fs::path p(path);
+  const std::string temp = (fs::path(parent_dir(path)) / fmt::format(".{}.tmp.{}", p.filename().string(), ::getpid())).string();
+  FilePtr file(std::fopen(temp.c_str(), "wbx"));
+  if (!file) throw Error(fmt::format("cannot create journal '{}' (as '{}'): {}", path, temp, std::strerror(errno)));
+  try {
+    write_all(file.get(), encode_header(identity), path);
+    flush_and_sync(file.get(), path);
+    if (::link(temp.c_str(), path.c_str()) != 0)  // fails if `path` appeared meanwhile: never clobbers
+      throw Error(fmt::format("cannot create journal '{}': {}", path, std::strerror(errno)));
+  } catch (...) {
+    std::remove(temp.c_str());
+    throw;
+  }
+  ::unlink(temp.c_str());
+  fsync_directory(parent_dir(path));
+  file_ = file.release();
+}
+
+CorpusJournalWriter::~CorpusJournalWriter() {
+  if (file_) std::fclose(file_);
+}
+
+void CorpusJournalWriter::append(const CorpusSample& sample) {
+  const auto length = static_cast<int64_t>(sample.tokens.size());
+  if (sample.index < 0 || sample.index >= identity_.num_samples || length < 1 || length > identity_.seq_len)
+    throw Error(fmt::format("journal '{}': sample {} with {} tokens cannot be appended: index 0..{} and 1..{} tokens "
+                            "expected", path_, sample.index, length, identity_.num_samples - 1, identity_.seq_len));
+  for (int32_t token : sample.tokens)
+    if (token < 0 || token >= identity_.vocab_size)
+      throw Error(fmt::format("journal '{}': sample {} holds token id {}, outside 0..{}", path_, sample.index, token,
+                              identity_.vocab_size - 1));
+  check_usable();
+  try {
+    write_all(file_, encode_record(sample), path_);
+  } catch (...) {
+    close_after_failure();
+    throw;
+  }
+}
+
+void CorpusJournalWriter::flush() {
+  check_usable();
+  try {
+    flush_and_sync(file_, path_);
+  } catch (...) {
+    close_after_failure();
+    throw;
+  }
+}
+
+void CorpusJournalWriter::check_usable() const {
+  if (!file_)
+    throw Error(fmt::format("journal '{}' failed to write earlier, so its tail may be torn: write to a new journal", path_));
+}
+
+// A record may be half written: nothing more may follow it, or the tear would sit mid-journal.
+void CorpusJournalWriter::close_after_failure() {
+  std::fclose(file_);
+  file_ = nullptr;
+}
+
+JournalContents read_corpus_journals(const std::string& dir, const CorpusIdentity& identity) {
+  identity.validate(fmt::format("journal directory '{}'", dir));
+  if (!fs::is_directory(dir)) throw Error(fmt::format("journal directory '{}' does not exist", dir));
+  std::vector<std::string> paths;
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.path().extension() == ".qfcj" && entry.is_regular_file()) paths.push_back(entry.path().string());
+  std::sort(paths.begin(), paths.end());
+  JournalContents contents;
+  std::map<int64_t, std::string> origin;
+  for (const std::string& path : paths) {
+    contents.torn_records += read_journal(path, identity, contents, origin) ? 1 : 0;
+    ++contents.journals;
+  }
+  return contents;
+}
+
+void write_corpus_file(const std::string& path, const CorpusIdentity& identity,
+                       const std::map<int64_t, std::vector<int32_t>>& samples) {
+  identity.validate(fmt::format("corpus file '{}'", path));
+  check_samples(path, identity, samples);
+  Hdf5Quiet quiet;
+  AtomicFile output(path);  // removes the temporary if anything below throws
+  {
+    H5Id file(H5Fcreate(output.temp_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, "H5Fcreate", path);
+    write_identity(file.get(), identity, path);
+    write_tokens(file.get(), identity, samples, path);
+    std::vector<int32_t> lengths;
+    for (const auto& [index, tokens] : samples) lengths.push_back(static_cast<int32_t>(tokens.size()));
+    write_vector(file.get(), "lengths", H5T_STD_I32LE, H5T_NATIVE_INT32, lengths, path);
+    write_vector(file.get(), "complete", H5T_STD_U8LE, H5T_NATIVE_UINT8, std::vector<uint8_t>(lengths.size(), 1), path);
+    file.close("H5Fclose", path);
+  }
+  fsync_path(output.temp_path());
+  output.commit();
+  fsync_directory(parent_dir(path));
+}
+
+CorpusReader::CorpusReader(const std::string& path) : path_(path) {
+  if (!fs::is_regular_file(path)) throw Error(fmt::format("corpus file '{}' does not exist", path));
+  Hdf5Quiet quiet;
+  file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (file_ < 0)
+    throw Error(fmt::format("corpus file '{}' cannot be opened as HDF5 (H5Fopen failed): it is truncated, damaged "
+                            "or not a corpus file", path));
+  try {
+    read_identity();
+    H5Id access(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose, "H5Pcreate", path);
+    check_status(H5Pset_chunk_cache(access.get(), 521, kChunkCacheBytes, 0.75), "H5Pset_chunk_cache", path);
+    tokens_ = check_id(H5Dopen2(file_, "tokens", access.get()), "H5Dopen2(tokens)", path);
+    check_token_type(tokens_, path);
+    check_extent(tokens_, "tokens", {static_cast<hsize_t>(num_samples()), static_cast<hsize_t>(seq_len())}, path);
+    read_lengths_and_completeness();
+  } catch (...) {
+    if (tokens_ >= 0) H5Dclose(tokens_);
+    H5Fclose(file_);
+    throw;
+  }
+}
+
+CorpusReader::~CorpusReader() {
+  if (tokens_ >= 0) H5Dclose(tokens_);
+  if (file_ >= 0) H5Fclose(file_);
+}
+
+void CorpusReader::read_identity() {
+  std::vector<std::string> names;
+  check_status(H5Aiterate2(file_, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_attribute_name, &names), "H5Aiterate2", path_);
+  json identity = {{"attributes", json::object()}};
+  for (const std::string& name : names) {
+    H5Id attribute(H5Aopen(file_, name.c_str(), H5P_DEFAULT), H5Aclose, "H5Aopen", path_);
+    const bool integer = std::find(std::begin(kIntegerKeys), std::end(kIntegerKeys), name) != std::end(kIntegerKeys);
+    if (integer) identity[name] = read_int_attribute(attribute.get(), name, path_);
+    else identity["attributes"][name] = read_json_attribute(attribute.get(), name, path_);
+  }
+  identity_ = identity_from_json(identity, fmt::format("corpus file '{}'", path_));
+  identity_.validate(fmt::format("corpus file '{}'", path_));
+}
+
+void CorpusReader::read_lengths_and_completeness() {
+  lengths_ = read_vector<int32_t>(file_, "lengths", H5T_NATIVE_INT32, num_samples(), path_);
+  const auto complete = read_vector<uint8_t>(file_, "complete", H5T_NATIVE_UINT8, num_samples(), path_);
+  const auto missing = std::count(complete.begin(), complete.end(), uint8_t{0});
+  if (missing != 0) {
+    const auto first = std::find(complete.begin(), complete.end(), uint8_t{0}) - complete.begin();
+    throw Error(fmt::format("corpus file '{}' is incomplete: {} of {} samples were never written, the first is {}",
+                            path_, missing, num_samples(), first));
+  }
+  for (size_t i = 0; i < lengths_.size(); ++i)
+    if (lengths_[i] < 1 || lengths_[i] > seq_len())
+      throw Error(fmt::format("corpus file '{}': sample {} has length {}, 1..{} expected", path_, i, lengths_[i], seq_len()));
+}
+
+int64_t CorpusReader::max_token_id() const {
+  if (max_token_id_ >= 0) return max_token_id_;
+  Hdf5Quiet quiet;
+  const auto n = static_cast<hsize_t>(num_samples()), len = static_cast<hsize_t>(seq_len());
+  std::vector<uint32_t> block;
+  uint32_t largest = 0;
+  for (hsize_t first = 0; first < n; first += kRowsPerChunk) {
+    const hsize_t rows = std::min(kRowsPerChunk, n - first), dims[2] = {rows, len};
+    block.resize(rows * len);
+    H5Id memory(H5Screate_simple(2, dims, nullptr), H5Sclose, "H5Screate_simple", path_);
+    H5Id space = select_rows(tokens_, first, rows, len, path_);
+    check_status(H5Dread(tokens_, H5T_NATIVE_UINT32, memory.get(), space.get(), H5P_DEFAULT, block.data()),
+                 "H5Dread(tokens)", path_);
+    largest = std::max(largest, *std::max_element(block.begin(), block.end()));
+  }
+  return max_token_id_ = largest;
+}
+
+void CorpusReader::check_vocabulary(int64_t student_vocab_size) const {
+  const int64_t largest = max_token_id();
+  if (largest >= student_vocab_size)
+    throw Error(fmt::format("corpus file '{}' holds token id {}, outside the student's vocabulary of {} tokens "
+                            "(ids 0..{})", path_, largest, student_vocab_size, student_vocab_size - 1));
+}
+
+std::vector<int64_t> CorpusReader::epoch_order(uint64_t seed, int dp_rank, int dp_size) const {
+  if (dp_size < 1 || dp_rank < 0 || dp_rank >= dp_size || num_samples() < dp_size)
+    throw Error(fmt::format("corpus file '{}' has {} samples: cannot deal them to DP rank {} of {} (at least one "
+                            "sample per rank expected)", path_, num_samples(), dp_rank, dp_size));
+  std::vector<int64_t> order(static_cast<size_t>(num_samples()));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::mt19937_64 rng(seed);
+  for (size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[bounded(rng, i + 1)]);
+  std::vector<int64_t> mine;
+  const int64_t per_rank = num_samples() / dp_size;
+  for (int64_t k = 0; k < per_rank; ++k) mine.push_back(order[static_cast<size_t>(k * dp_size + dp_rank)]);
+  return mine;
+}
+
+std::pair<torch::Tensor, torch::Tensor> CorpusReader::batch(const std::vector<int64_t>& indices) const {
+  const auto count = static_cast<int64_t>(indices.size());
+  torch::Tensor tokens = torch::zeros({count, seq_len()}, torch::kLong);
+  torch::Tensor lengths = torch::empty({count}, torch::kLong);
+  Hdf5Quiet quiet;
+  const auto len = static_cast<hsize_t>(seq_len());
+  const hsize_t dims[2] = {1, len};
+  H5Id memory(H5Screate_simple(2, dims, nullptr), H5Sclose, "H5Screate_simple", path_);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t index = indices[static_cast<size_t>(i)];
+    if (index < 0 || index >= num_samples())
+      throw Error(fmt::format("corpus file '{}' has samples 0..{}: sample {} was asked for", path_, num_samples() - 1, index));
+    H5Id space = select_rows(tokens_, static_cast<hsize_t>(index), 1, len, path_);
+    check_status(H5Dread(tokens_, H5T_NATIVE_INT64, memory.get(), space.get(), H5P_DEFAULT,
+                         tokens.data_ptr<int64_t>() + i * seq_len()), "H5Dread(tokens)", path_);
+    lengths[i] = static_cast<int64_t>(lengths_[static_cast<size_t>(index)]);
+  }
+  return {tokens, lengths};
+}
+
+}  // namespace qforge::io
