@@ -31,27 +31,6 @@ const std::string& required_setting(const std::string& value, const char* key, c
   return value;
 }
 
-std::string tokenizer_path(const ModelSettings& model) {
-  if (!model.tokenizer.empty()) return model.tokenizer;
-  for (const char* name : {"tokenizer.model", "tokenizer.bin"}) {
-    fs::path candidate = fs::path(model.path) / name;
-    if (fs::exists(candidate)) return candidate.string();
-  }
-  throw UsageError(fmt::format("{} has no tokenizer.model or tokenizer.bin; set model.tokenizer (or --tokenizer)", model.path));
-}
-
-torch::Device model_device(const CommandContext& context) {
-  if (context.config.model.device == "cpu") return torch::kCPU;
-  if (!torch::cuda::is_available())
-    throw UsageError("model.device is cuda, but no CUDA device is visible (or libtorch has no CUDA)");
-  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(context.runtime.local_rank() % torch::cuda::device_count()));
-}
-
-std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid) {
-  return model::load_pretrained(context.config.model.path, grid.tp_group(), model::parse_dtype(context.config.model.dtype),
-                                model_device(context));
-}
-
 void write_outputs(const CommandContext& context, const std::string& name, const std::string& contents) {
   const std::string& dir = context.config.output.dir;
   if (dir.empty() || context.runtime.rank() != 0) return;
@@ -116,6 +95,27 @@ int run_generate_text(CommandContext& context) {
 
 }  // namespace
 
+std::string tokenizer_path(const ModelSettings& model) {
+  if (!model.tokenizer.empty()) return model.tokenizer;
+  for (const char* name : {"tokenizer.model", "tokenizer.bin"}) {
+    fs::path candidate = fs::path(model.path) / name;
+    if (fs::exists(candidate)) return candidate.string();
+  }
+  throw UsageError(fmt::format("{} has no tokenizer.model or tokenizer.bin; set model.tokenizer (or --tokenizer)", model.path));
+}
+
+static torch::Device model_device(const CommandContext& context) {
+  if (context.config.model.device == "cpu") return torch::kCPU;
+  if (!torch::cuda::is_available())
+    throw UsageError("model.device is cuda, but no CUDA device is visible (or libtorch has no CUDA)");
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(context.runtime.local_rank() % torch::cuda::device_count()));
+}
+
+std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid) {
+  return model::load_pretrained(context.config.model.path, grid.tp_group(), model::parse_dtype(context.config.model.dtype),
+                                model_device(context));
+}
+
 std::vector<Command> model_commands() {
   using config::OptionSpec;
   const OptionSpec model_option{"model", true, "Hugging Face checkpoint directory", "model.path"};
@@ -138,6 +138,12 @@ std::vector<Command> model_commands() {
          {"temperature", true, "0: greedy", "generate_text.temperature"}, {"top-k", true, "0: off", "generate_text.top_k"},
          {"top-p", true, "1: off", "generate_text.top_p"}, {"seed", true, "sampling seed", "generate_text.seed"}}},
        run_generate_text},
+      {{"generate", "write a synthetic corpus with the teacher (LLM-QAT): generate --model DIR --output FILE.h5",
+        {model_option, tokenizer_option, {"output", true, "corpus file (HDF5)", "generate.output"},
+         {"num-samples", true, "samples (0: the vocabulary sweep)", "generate.num_samples"},
+         {"seq-len", true, "tokens per sample", "generate.seq_len"}, {"seed", true, "seed", "generate.seed"},
+         {"batch-size", true, "sequences per forward pass", "generate.batch_size"}}},
+       run_generate},
   };
 }
 

@@ -4,7 +4,19 @@
 
 #include <vector>
 
+#include "framework/model/transformer.h"
+
+#include <memory>
+#include <string>
+
 namespace qforge {
-// convert, eval, generate-text.
+// convert, eval, generate-text, generate.
 std::vector<Command> model_commands();
+
+// The tokenizer of model.tokenizer, else the model directory's tokenizer.model or tokenizer.bin.
+std::string tokenizer_path(const ModelSettings& model);
+// model.path loaded over the grid's TP group with model.dtype on model.device.
+std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid);
+
+int run_generate(CommandContext& context);  // generate_command.cpp
 }  // namespace qforge

@@ -2,6 +2,7 @@
 // it needs and every key is checked (an unknown key anywhere is an error).
 #pragma once
 
+#include "distill/corpus_generator.h"
 #include "framework/config/settings.h"
 
 namespace qforge {
@@ -14,6 +15,7 @@ struct QforgeConfig {
   ModelSettings model;
   EvalSettings eval;
   GenerateTextSettings generate_text;
+  distill::CorpusSettings generate;
 
   template <class V>
   void visit(V& v) {
@@ -24,6 +26,7 @@ struct QforgeConfig {
     v("model", model);
     v("eval", eval);
     v("generate_text", generate_text);
+    v("generate", generate);
   }
 };
 

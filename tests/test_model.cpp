@@ -12,6 +12,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <map>
+
 namespace qforge::model {
 namespace {
 
@@ -180,15 +183,21 @@ TEST(Generation, BatchedPromptsOfDifferentLengthsMatchOneAtATime) {
 }
 
 TEST(Generation, SamplingRespectsTopKAndTopP) {
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(1);
   torch::Tensor logits = torch::tensor({{0.0f, 3.0f, 1.0f, 2.9f}, {5.0f, 0.0f, 0.0f, 0.0f}});
-  for (int i = 0; i < 50; ++i) {
-    torch::Tensor top1 = sample_from_logits(logits, {1.0, 1, 1.0, 0}, generator);
-    EXPECT_TRUE(torch::equal(top1, torch::tensor({1L, 0L})));
-    torch::Tensor top2 = sample_from_logits(logits, {1.0, 2, 1.0, 0}, generator);
+  std::map<int64_t, int> counts;
+  for (int i = 0; i < 400; ++i) {
+    torch::Tensor u = torch::tensor({uniform_from(1, i), uniform_from(2, i)}, torch::kDouble);
+    EXPECT_TRUE(torch::equal(sample_from_logits(logits, {1.0, 1, 1.0, 0}, u), torch::tensor({1L, 0L})));
+    torch::Tensor top2 = sample_from_logits(logits, {1.0, 2, 1.0, 0}, u);
     EXPECT_TRUE(top2[0].item<int64_t>() == 1 || top2[0].item<int64_t>() == 3);
-    torch::Tensor nucleus = sample_from_logits(logits, {1.0, 0, 0.05, 0}, generator);
-    EXPECT_TRUE(torch::equal(nucleus, torch::tensor({1L, 0L})));
+    EXPECT_TRUE(torch::equal(sample_from_logits(logits, {1.0, 0, 0.05, 0}, u), torch::tensor({1L, 0L})));
+    ++counts[sample_from_logits(logits, {1.0, 0, 1.0, 0}, u)[0].item<int64_t>()];
+  }
+  // Closed form: softmax(0, 3, 1, 2.9) = (0.0238, 0.4785, 0.0648, 0.4329); 400 draws, 4 sigma bands.
+  const std::vector<double> p = {0.02382, 0.47848, 0.06475, 0.43294};
+  for (int64_t t = 0; t < 4; ++t) {
+    const double expected = 400 * p[t], sigma = std::sqrt(400 * p[t] * (1 - p[t]));
+    EXPECT_NEAR(counts[t], expected, 4 * sigma + 1) << "token " << t;
   }
 }
 

@@ -161,6 +161,7 @@ std::string Progress::status() const {
   const double percent = total_ > 0 ? 100.0 * static_cast<double>(done_) / static_cast<double>(total_) : 100.0;
   std::string text = fmt::format("{}: {}/{} {} ({:.1f}%), {:.1f} {}/s", what_, done_, total_, unit_, percent,
                                  rate(), unit_);
+  if (!detail_.empty()) text += ", " + detail_;
   if (done_ >= total_) return text + fmt::format(", done in {}", format_duration(clock_() - start_));
   const double eta = eta_seconds();
   return text + (eta < 0 ? ", ETA unknown" : fmt::format(", ETA {}", format_duration(eta)));

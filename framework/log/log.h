@@ -62,6 +62,9 @@ class Progress {
   void update(int64_t done);
   void advance(int64_t count = 1) { update(done_ + count); }
 
+  // Extra text appended to each line, e.g. "81920 tokens, 812 tokens/s".
+  void set_detail(std::string detail) { detail_ = std::move(detail); }
+
   int64_t done() const { return done_; }
   double rate() const;             // units per second since construction
   double eta_seconds() const;      // -1 while the rate is unknown
@@ -70,6 +73,7 @@ class Progress {
  private:
   std::string what_;
   std::string unit_;
+  std::string detail_;
   int64_t total_;
   int64_t done_ = 0;
   double interval_s_;

@@ -64,6 +64,27 @@ std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communic
   return model;
 }
 
+std::string checkpoint_fingerprint(const std::string& dir) {
+  io::Checkpoint checkpoint(dir);
+  uint64_t hash = 1469598103934665603ULL;
+  auto mix = [&hash](const void* data, std::size_t size) {
+    for (std::size_t i = 0; i < size; ++i) hash = (hash ^ static_cast<const unsigned char*>(data)[i]) * 1099511628211ULL;
+  };
+  for (const std::string& name : checkpoint.names()) {
+    const io::TensorInfo& info = checkpoint.info(name);
+    mix(name.data(), name.size());
+    mix(&info.dtype, sizeof info.dtype);
+    mix(info.shape.data(), info.shape.size() * sizeof(int64_t));
+    if (info.shape.empty() || info.shape[0] == 0) continue;
+    const int64_t rows = std::min<int64_t>(2, info.shape[0]);
+    for (int64_t start : {int64_t{0}, info.shape[0] - rows}) {
+      torch::Tensor edge = checkpoint.read(name, info.dtype, 0, start, rows).contiguous();
+      mix(edge.data_ptr(), edge.numel() * edge.element_size());
+    }
+  }
+  return fmt::format("{:016x}", hash);
+}
+
 torch::ScalarType parse_dtype(const std::string& name) {
   if (name == "float32") return torch::kFloat;
   if (name == "bfloat16") return torch::kBFloat16;

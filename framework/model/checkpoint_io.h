@@ -23,6 +23,11 @@ void load_weights(CausalLM& model, const io::Checkpoint& checkpoint, const std::
 std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp,
                                           torch::ScalarType dtype = torch::kFloat, torch::Device device = torch::kCPU);
 
+// A fingerprint of the checkpoint in `dir` that does not depend on how it is sharded or loaded: FNV-1a over every
+// tensor's name, dtype, shape and its first and last rows (16 hex digits). Cheap for any model size; it tells
+// checkpoints apart, it does not prove two are bit-identical.
+std::string checkpoint_fingerprint(const std::string& dir);
+
 // "float32", "bfloat16", "float16" -> dtype; throws UsageError naming model.dtype otherwise.
 torch::ScalarType parse_dtype(const std::string& name);
 

@@ -2,14 +2,13 @@
 
 #include "framework/common/error.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 
 #include <limits>
 
 namespace qforge::model {
 
-torch::Tensor sample_from_logits(const torch::Tensor& logits, const SamplingOptions& options, at::Generator& generator) {
+torch::Tensor sample_from_logits(const torch::Tensor& logits, const SamplingOptions& options, const torch::Tensor& uniforms) {
   if (options.temperature <= 0) return logits.argmax(-1);
   torch::Tensor scaled = logits.to(torch::kFloat) / options.temperature;
   const float minus_inf = -std::numeric_limits<float>::infinity();
@@ -19,13 +18,25 @@ torch::Tensor sample_from_logits(const torch::Tensor& logits, const SamplingOpti
   }
   if (options.top_p < 1.0) {
     auto [sorted, order] = scaled.sort(-1, /*descending=*/true);
-    torch::Tensor cumulative = torch::softmax(sorted, -1).cumsum(-1);
+    torch::Tensor probs = torch::softmax(sorted, -1);
     // Drop a token when the tokens before it already hold top_p of the mass; the first token always stays.
-    torch::Tensor drop_sorted = (cumulative - torch::softmax(sorted, -1)) >= options.top_p;
-    torch::Tensor drop = torch::zeros_like(drop_sorted).scatter(-1, order, drop_sorted);
-    scaled = scaled.masked_fill(drop, minus_inf);
+    torch::Tensor drop_sorted = (probs.cumsum(-1) - probs) >= options.top_p;
+    scaled = scaled.masked_fill(torch::zeros_like(drop_sorted).scatter(-1, order, drop_sorted), minus_inf);
   }
-  return torch::multinomial(torch::softmax(scaled, -1), 1, /*replacement=*/false, generator).squeeze(-1);
+  torch::Tensor cdf = torch::softmax(scaled.to(torch::kDouble), -1).cumsum(-1);
+  torch::Tensor target = uniforms.to(torch::kDouble).unsqueeze(-1) * cdf.narrow(-1, cdf.size(-1) - 1, 1);
+  // The first token whose cumulative mass exceeds the target, skipping tokens of zero probability.
+  torch::Tensor below = (cdf <= target).sum(-1);
+  return below.clamp_max(cdf.size(-1) - 1);
+}
+
+double uniform_from(uint64_t seed, uint64_t counter) {
+  uint64_t x = seed ^ (counter * 0x9E3779B97F4A7C15ULL);
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  x ^= x >> 31;
+  return static_cast<double>(x >> 11) * 0x1.0p-53;
 }
 
 std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
@@ -42,7 +53,6 @@ std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<st
   QF_CHECK(longest <= context, fmt::format("generate: a prompt of {} tokens exceeds the context of {}", longest, context));
   const int64_t capacity = std::min(context, longest + max_new_tokens);
   KvCache cache = model.make_cache(batch, capacity);
-  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
 
   // Prefill: rows shorter than the longest are padded with their last token at later positions; what that
   // writes into the cache lies beyond the row's position and is overwritten before it is ever read.
@@ -64,10 +74,14 @@ std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<st
   std::vector<std::vector<int64_t>> outputs(batch);
   std::vector<bool> done(batch, false);
   for (int64_t step = 0; step < max_new_tokens; ++step) {
-    // Sampling runs on the CPU, with a CPU generator: the same tokens whatever the device.
-    torch::Tensor chosen = options.temperature <= 0
-                               ? vocab_parallel_argmax(logits, model.tp(), model.vocab_start()).cpu()
-                               : sample_from_logits(gather_vocab(logits, model.tp(), model.config().vocab_size).cpu(), options, generator);
+    torch::Tensor chosen;
+    if (options.temperature <= 0) {
+      chosen = vocab_parallel_argmax(logits, model.tp(), model.vocab_start()).cpu();
+    } else {  // on the CPU, from counter-based numbers: the same tokens whatever the device
+      torch::Tensor uniforms = torch::empty({batch}, torch::kDouble);
+      for (int64_t b = 0; b < batch; ++b) uniforms[b] = uniform_from(options.seed + static_cast<uint64_t>(b), static_cast<uint64_t>(step));
+      chosen = sample_from_logits(gather_vocab(logits, model.tp(), model.config().vocab_size).cpu(), options, uniforms);
+    }
     bool any_active = false;
     for (int64_t b = 0; b < batch; ++b) {
       if (done[b]) continue;

@@ -17,8 +17,14 @@ struct SamplingOptions {
   uint64_t seed = 0;
 };
 
-// Next token per row from full logits [B, vocab]; `generator` drives the sampling.
-torch::Tensor sample_from_logits(const torch::Tensor& logits, const SamplingOptions& options, at::Generator& generator);
+// Next token per row from full logits [B, vocab] (CPU): top-1 when options.temperature is 0, else inverse-CDF
+// sampling after temperature, top-k and top-p, with one number in [0, 1) per row (`uniforms` [B], double). A
+// row's choice depends only on its own logits and number, never on the rest of the batch.
+torch::Tensor sample_from_logits(const torch::Tensor& logits, const SamplingOptions& options, const torch::Tensor& uniforms);
+
+// A number in [0, 1) that is a pure function of (seed, counter): counter-based, so any sample's draw at any step
+// can be reproduced alone.
+double uniform_from(uint64_t seed, uint64_t counter);
 
 // Continues every prompt by up to `max_new_tokens` tokens (fewer when a row reaches EOS, which is kept) or until
 // the model's context is full. Collective over the model's TP group; every TP rank returns the same tokens.

@@ -1,0 +1,83 @@
+// LLM-QAT's data-free corpus generation: the teacher continues single start tokens, the first few tokens top-1
+// and the rest sampled. Every choice about sample i is a pure function of i and the settings, so the corpus
+// does not depend on how many ranks produce it, nor on which samples share a batch.
+#pragma once
+
+#include "framework/config/config.h"
+#include "framework/model/transformer.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace qforge::distill {
+
+struct CorpusSettings {
+  int64_t num_samples = 0;                     // 0: the vocabulary sweep's count
+  int64_t seq_len = 256;                       // tokens per sample, start token included
+  std::string start_tokens = "sweep";          // sweep: every allowed id starts samples_per_token samples; random
+  int64_t samples_per_token = 3;
+  std::vector<int64_t> greedy_prefix = {3, 4, 5};  // tokens chosen top-1 (start token included), by sample
+  std::vector<int64_t> exclude_tokens;         // never start with these (special tokens)
+  int64_t top_k = 50;
+  double top_p = 1.0;
+  double temperature = 1.0;
+  bool stop_at_eos = true;                     // false: keep sampling past EOS to seq_len
+  int64_t seed = 0;
+  // How the job runs, not what the corpus is:
+  std::string output;                          // the corpus file (.h5); journals go to <output>.parts/ meanwhile
+  int64_t batch_size = 64;                     // sequences per forward pass
+  int64_t flush_every = 256;                   // samples between journal flushes (what a crash can lose)
+
+  template <class V>
+  void visit(V& v) {
+    v("output", output);
+    v("num_samples", num_samples, config::at_least(0));
+    v("seq_len", seq_len, config::at_least(2));
+    v("start_tokens", start_tokens, config::one_of({"sweep", "random"}));
+    v("samples_per_token", samples_per_token, config::at_least(1));
+    v("greedy_prefix", greedy_prefix);
+    v("exclude_tokens", exclude_tokens);
+    v("top_k", top_k, config::at_least(0));
+    v("top_p", top_p, [](double p) { return p > 0 && p <= 1 ? std::string() : std::string("in (0, 1]"); });
+    v("temperature", temperature, config::at_least(0));
+    v("stop_at_eos", stop_at_eos);
+    v("seed", seed, config::at_least(0));
+    v("batch_size", batch_size, config::at_least(1));
+    v("flush_every", flush_every, config::at_least(1));
+  }
+
+  // The settings that decide the corpus's content (stored in the file; a resumed run must match them).
+  nlohmann::json identity() const;
+};
+
+// What sample `index` is: its start token, how many of its first tokens are top-1, and its sampling seed.
+struct SamplePlan {
+  int64_t start_token = 0;
+  int64_t greedy_tokens = 1;
+  uint64_t seed = 0;
+};
+
+class CorpusSchedule {
+ public:
+  CorpusSchedule(const CorpusSettings& settings, int64_t vocab_size);
+  int64_t num_samples() const { return num_samples_; }
+  SamplePlan plan(int64_t index) const;
+
+ private:
+  CorpusSettings settings_;
+  std::vector<int64_t> starts_;  // allowed start tokens
+  int64_t num_samples_;
+};
+
+// Generates `indices` with batched KV-cache decoding over the model's TP group: `batch_size` rows, a finished
+// row retired and refilled with the next sample at once. Every TP rank makes the same choices.
+// `on_sample(index, tokens)` receives each finished sample.
+void generate_samples(model::CausalLM& model, const CorpusSchedule& schedule, const CorpusSettings& settings,
+                      const std::vector<int64_t>& indices, int64_t batch_size,
+                      const std::function<void(int64_t, const std::vector<int32_t>&)>& on_sample);
+
+}  // namespace qforge::distill
