@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 
 namespace qforge {
@@ -130,6 +131,27 @@ int run_generate(CommandContext& context) {
     log::info("wrote {} ({} samples)", s.output, contents.samples.size());
   }
   runtime.world().barrier();
+  return 0;
+}
+
+int run_show_corpus(CommandContext& context) {
+  const std::string path = context.line.options.count("corpus") ? context.line.options.at("corpus") : "";
+  if (path.empty()) throw UsageError("qforge show-corpus: --corpus is required");
+  const int64_t count = context.line.options.count("count") ? std::stoll(context.line.options.at("count")) : 3;
+  if (context.runtime.rank() != 0) return 0;
+  io::CorpusReader reader(path);
+  auto tokenizer = tok::load_tokenizer(tokenizer_path(context.config.model));
+  reader.check_vocabulary(tokenizer->vocab_size());
+  std::printf("%s: %lld samples of up to %lld tokens, vocabulary %lld\n", path.c_str(),
+              static_cast<long long>(reader.num_samples()), static_cast<long long>(reader.seq_len()),
+              static_cast<long long>(reader.vocab_size()));
+  for (int64_t i = 0; i < std::min(count, reader.num_samples()); ++i) {
+    auto [tokens, lengths] = reader.batch({i});
+    const int64_t length = lengths[0].item<int64_t>();
+    std::vector<int64_t> ids(tokens.data_ptr<int64_t>(), tokens.data_ptr<int64_t>() + length);
+    std::printf("--- sample %lld (%lld tokens)\n%s\n", static_cast<long long>(i), static_cast<long long>(length),
+                tokenizer->decode(ids).c_str());
+  }
   return 0;
 }
 

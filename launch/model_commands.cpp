@@ -144,6 +144,9 @@ std::vector<Command> model_commands() {
          {"seq-len", true, "tokens per sample", "generate.seq_len"}, {"seed", true, "seed", "generate.seed"},
          {"batch-size", true, "sequences per forward pass", "generate.batch_size"}}},
        run_generate},
+      {{"show-corpus", "print decoded samples of a corpus: show-corpus --corpus FILE.h5 --model DIR [--count N]",
+        {model_option, tokenizer_option, {"corpus", true, "corpus file (HDF5)"}, {"count", true, "samples to print (3)"}}},
+       run_show_corpus},
   };
 }
 

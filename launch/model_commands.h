@@ -18,5 +18,6 @@ std::string tokenizer_path(const ModelSettings& model);
 // model.path loaded over the grid's TP group with model.dtype on model.device.
 std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid);
 
-int run_generate(CommandContext& context);  // generate_command.cpp
+int run_generate(CommandContext& context);     // generate_command.cpp
+int run_show_corpus(CommandContext& context);  // generate_command.cpp
 }  // namespace qforge
