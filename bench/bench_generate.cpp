@@ -25,7 +25,7 @@ double tokens_per_second(qforge::model::CausalLM& model, const qforge::distill::
   tokens = 0;
   const auto start = std::chrono::steady_clock::now();
   qforge::distill::generate_samples(model, schedule, settings, indices, batch,
-                                    [&](int64_t, const std::vector<int32_t>& t) { tokens += static_cast<int64_t>(t.size()); });
+                                    [&](const qforge::io::CorpusSample& s) { tokens += static_cast<int64_t>(s.tokens.size()); });
   return static_cast<double>(tokens) / std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 

@@ -24,7 +24,7 @@ uint64_t splitmix64(uint64_t x) {
 struct Slot {
   int64_t index = -1;  // -1: empty
   SamplePlan plan;
-  std::vector<int32_t> tokens;
+  io::CorpusSample sample;  // index, tokens and (store_topk > 0) top-K so far
 };
 
 }  // namespace
@@ -33,7 +33,7 @@ nlohmann::json CorpusSettings::identity() const {
   return {{"seq_len", seq_len},       {"start_tokens", start_tokens}, {"samples_per_token", samples_per_token},
           {"greedy_prefix", greedy_prefix}, {"exclude_tokens", exclude_tokens}, {"top_k", top_k},
           {"top_p", top_p},           {"temperature", temperature},   {"stop_at_eos", stop_at_eos},
-          {"seed", seed}};
+          {"seed", seed},             {"store_topk", store_topk}};
 }
 
 CorpusSchedule::CorpusSchedule(const CorpusSettings& settings, int64_t vocab_size) : settings_(settings) {
@@ -69,11 +69,13 @@ SamplePlan CorpusSchedule::plan(int64_t index) const {
 
 void generate_samples(model::CausalLM& model, const CorpusSchedule& schedule, const CorpusSettings& settings,
                       const std::vector<int64_t>& indices, int64_t batch_size,
-                      const std::function<void(int64_t, const std::vector<int32_t>&)>& on_sample) {
+                      const std::function<void(const io::CorpusSample&)>& on_sample) {
   torch::NoGradGuard no_grad;
   QF_CHECK(settings.seq_len <= model.config().max_positions,
            fmt::format("generate.seq_len {} exceeds the teacher's context {}", settings.seq_len, model.config().max_positions));
-  const int64_t vocab = model.config().vocab_size, eos = model.config().eos_token_id;
+  const int64_t vocab = model.config().vocab_size, eos = model.config().eos_token_id, topk = settings.store_topk;
+  if (topk < 0 || topk > vocab)
+    throw UsageError(fmt::format("generate.store_topk {} is outside 0..vocab_size ({})", topk, vocab));
   const model::SamplingOptions sampling{settings.temperature, settings.top_k, settings.top_p, 0};
   model::KvCache cache = model.make_cache(batch_size, settings.seq_len);
   std::deque<int64_t> queue(indices.begin(), indices.end());
@@ -85,7 +87,10 @@ void generate_samples(model::CausalLM& model, const CorpusSchedule& schedule, co
     slot.index = queue.front();
     queue.pop_front();
     slot.plan = schedule.plan(slot.index);
-    slot.tokens.assign(1, static_cast<int32_t>(slot.plan.start_token));
+    slot.sample.index = slot.index;
+    slot.sample.tokens.assign(1, static_cast<int32_t>(slot.plan.start_token));
+    slot.sample.topk_ids.clear();
+    slot.sample.topk_logprobs.clear();
   };
   for (Slot& slot : slots) refill(slot);
 
@@ -94,26 +99,39 @@ void generate_samples(model::CausalLM& model, const CorpusSchedule& schedule, co
   while (std::any_of(slots.begin(), slots.end(), [](const Slot& s) { return s.index >= 0; })) {
     for (int64_t b = 0; b < batch_size; ++b) {
       const Slot& s = slots[b];
-      ids[b][0] = s.index >= 0 ? s.tokens.back() : 0;
-      positions[b][0] = s.index >= 0 ? static_cast<int64_t>(s.tokens.size()) - 1 : 0;
+      ids[b][0] = s.index >= 0 ? s.sample.tokens.back() : 0;
+      positions[b][0] = s.index >= 0 ? static_cast<int64_t>(s.sample.tokens.size()) - 1 : 0;
     }
     torch::Tensor logits = model.forward(ids, positions, &cache).squeeze(1);  // [B, V_local]
     torch::Tensor greedy = model::vocab_parallel_argmax(logits, model.tp(), model.vocab_start()).cpu();
     torch::Tensor uniforms = torch::empty({batch_size}, torch::kDouble);
     for (int64_t b = 0; b < batch_size; ++b)
-      uniforms[b] = model::uniform_from(slots[b].plan.seed, static_cast<uint64_t>(slots[b].tokens.size()));
-    torch::Tensor sampled = model::sample_from_logits(model::gather_vocab(logits, model.tp(), vocab).cpu(), sampling, uniforms);
+      uniforms[b] = model::uniform_from(slots[b].plan.seed, static_cast<uint64_t>(slots[b].sample.tokens.size()));
+    const torch::Tensor full = model::gather_vocab(logits, model.tp(), vocab).cpu();  // [B, vocab]
+    torch::Tensor sampled = model::sample_from_logits(full, sampling, uniforms);
+    torch::Tensor top_ids, top_logprobs;  // [B, K]: each row's own top-K, independent of the other rows
+    if (topk > 0) {
+      auto top = torch::log_softmax(full.to(torch::kFloat), 1).topk(topk, 1, /*largest=*/true, /*sorted=*/true);
+      top_logprobs = std::get<0>(top).contiguous();
+      top_ids = std::get<1>(top).to(torch::kInt).contiguous();
+    }
     auto greedy_of = greedy.accessor<int64_t, 1>();
     auto sampled_of = sampled.accessor<int64_t, 1>();
     for (int64_t b = 0; b < batch_size; ++b) {
       Slot& s = slots[b];
       if (s.index < 0) continue;
-      const bool top1 = static_cast<int64_t>(s.tokens.size()) < s.plan.greedy_tokens;
+      const bool top1 = static_cast<int64_t>(s.sample.tokens.size()) < s.plan.greedy_tokens;
       const int64_t token = top1 ? greedy_of[b] : sampled_of[b];
-      s.tokens.push_back(static_cast<int32_t>(token));
-      const bool finished = static_cast<int64_t>(s.tokens.size()) >= settings.seq_len || (settings.stop_at_eos && token == eos);
+      if (topk > 0) {
+        const int32_t* ids_of = top_ids.data_ptr<int32_t>() + b * topk;
+        const float* logprobs_of = top_logprobs.data_ptr<float>() + b * topk;
+        s.sample.topk_ids.insert(s.sample.topk_ids.end(), ids_of, ids_of + topk);
+        s.sample.topk_logprobs.insert(s.sample.topk_logprobs.end(), logprobs_of, logprobs_of + topk);
+      }
+      s.sample.tokens.push_back(static_cast<int32_t>(token));
+      const bool finished = static_cast<int64_t>(s.sample.tokens.size()) >= settings.seq_len || (settings.stop_at_eos && token == eos);
       if (!finished) continue;
-      on_sample(s.index, s.tokens);
+      on_sample(s.sample);
       refill(s);
     }
   }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "framework/config/config.h"
+#include "framework/io/corpus.h"
 #include "framework/model/transformer.h"
 
 #include <nlohmann/json.hpp>
@@ -27,6 +28,7 @@ struct CorpusSettings {
   double temperature = 1.0;
   bool stop_at_eos = true;                     // false: keep sampling past EOS to seq_len
   int64_t seed = 0;
+  int64_t store_topk = 0;                      // > 0: store the teacher's top-K log-probs of every position
   // How the job runs, not what the corpus is:
   std::string output;                          // the corpus file (.h5); journals go to <output>.parts/ meanwhile
   int64_t batch_size = 64;                     // sequences per forward pass
@@ -46,6 +48,7 @@ struct CorpusSettings {
     v("temperature", temperature, config::at_least(0));
     v("stop_at_eos", stop_at_eos);
     v("seed", seed, config::at_least(0));
+    v("store_topk", store_topk, config::at_least(0));
     v("batch_size", batch_size, config::at_least(1));
     v("flush_every", flush_every, config::at_least(1));
   }
@@ -75,9 +78,11 @@ class CorpusSchedule {
 
 // Generates `indices` with batched KV-cache decoding over the model's TP group: `batch_size` rows, a finished
 // row retired and refilled with the next sample at once. Every TP rank makes the same choices.
-// `on_sample(index, tokens)` receives each finished sample.
+// `on_sample` receives each finished sample: its index and tokens, and with settings.store_topk = K > 0 the
+// teacher's top-K ids and log-probs (full-vocabulary log_softmax of the fp32 logits, temperature 1, before any
+// sampling filter) of the distribution predicting token t+1, for t = 0 .. length-2, position-major.
 void generate_samples(model::CausalLM& model, const CorpusSchedule& schedule, const CorpusSettings& settings,
                       const std::vector<int64_t>& indices, int64_t batch_size,
-                      const std::function<void(int64_t, const std::vector<int32_t>&)>& on_sample);
+                      const std::function<void(const io::CorpusSample&)>& on_sample);
 
 }  // namespace qforge::distill

@@ -28,6 +28,7 @@ io::CorpusIdentity corpus_identity(const QforgeConfig& c, const model::CausalLM&
   identity.num_samples = num_samples;
   identity.seq_len = c.generate.seq_len;
   identity.vocab_size = teacher.config().vocab_size;
+  identity.topk = c.generate.store_topk;
   identity.attributes = {{"teacher_config", teacher.config().to_json()},
                          {"teacher_checksum", model::checkpoint_fingerprint(c.model.path)},
                          {"tokenizer", tokenizer},
@@ -82,12 +83,12 @@ void generate_share(model::CausalLM& teacher, const distill::CorpusSchedule& sch
   log::Progress progress("generate (DP group 0)", static_cast<int64_t>(mine.size()), "samples", 10.0);
   int64_t tokens = 0, since_flush = 0;
   const auto start = std::chrono::steady_clock::now();
-  distill::generate_samples(teacher, schedule, s, mine, s.batch_size, [&](int64_t index, const std::vector<int32_t>& t) {
+  distill::generate_samples(teacher, schedule, s, mine, s.batch_size, [&](const io::CorpusSample& sample) {
     if (journal) {
-      journal->append(io::CorpusSample{index, t});
+      journal->append(sample);
       if (++since_flush >= s.flush_every) journal->flush(), since_flush = 0;
     }
-    tokens += static_cast<int64_t>(t.size());
+    tokens += static_cast<int64_t>(sample.tokens.size());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     progress.set_detail(fmt::format("{} tokens, {:.0f} tokens/s", tokens, tokens / std::max(seconds, 1e-9)));
     progress.advance();
@@ -125,7 +126,7 @@ int run_generate(CommandContext& context) {
 
   if (runtime.rank() == 0) {
     io::JournalContents contents = io::read_corpus_journals(parts, identity);
-    io::write_corpus_file(s.output, identity, contents.samples);
+    io::write_corpus_file(s.output, identity, contents.samples, contents.topk);
     fs::remove_all(parts);
     config::save_resolved(config::to_yaml(c), fs::absolute(s.output).parent_path().string());
     log::info("wrote {} ({} samples)", s.output, contents.samples.size());
@@ -142,9 +143,9 @@ int run_show_corpus(CommandContext& context) {
   io::CorpusReader reader(path);
   auto tokenizer = tok::load_tokenizer(tokenizer_path(context.config.model));
   reader.check_vocabulary(tokenizer->vocab_size());
-  std::printf("%s: %lld samples of up to %lld tokens, vocabulary %lld\n", path.c_str(),
+  std::printf("%s: %lld samples of up to %lld tokens, vocabulary %lld, teacher top-K %lld\n", path.c_str(),
               static_cast<long long>(reader.num_samples()), static_cast<long long>(reader.seq_len()),
-              static_cast<long long>(reader.vocab_size()));
+              static_cast<long long>(reader.vocab_size()), static_cast<long long>(reader.topk()));
   for (int64_t i = 0; i < std::min(count, reader.num_samples()); ++i) {
     auto [tokens, lengths] = reader.batch({i});
     const int64_t length = lengths[0].item<int64_t>();

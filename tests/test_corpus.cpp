@@ -11,8 +11,10 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 
 namespace qforge::io {
@@ -26,8 +28,9 @@ const char* const kPython = "/usr/bin/python3";
 const fs::path kReferenceScript = fs::path(__FILE__).parent_path() / "reference" / "read_corpus.py";
 
 CorpusIdentity make_identity(int64_t num_samples, int64_t seq_len, int64_t vocab_size, int seed = 1234,
-                             const std::string& checksum = "sha256:0f3a") {
+                             const std::string& checksum = "sha256:0f3a", int64_t topk = 0) {
   CorpusIdentity identity;
+  identity.topk = topk;
   identity.num_samples = num_samples;
   identity.seq_len = seq_len;
   identity.vocab_size = vocab_size;
@@ -48,6 +51,49 @@ std::vector<int32_t> tokens_of(int64_t index, int64_t seq_len, int64_t vocab_siz
   return tokens;
 }
 
+// Deterministic top-K of sample `index` with `length` tokens: (length-1) x k ids below vocab_size (the largest
+// included) and descending log-probs, some far below zero.
+CorpusTopK topk_of(int64_t index, int64_t length, int64_t k, int64_t vocab_size) {
+  CorpusTopK topk;
+  for (int64_t t = 0; t + 1 < length; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      topk.ids.push_back(static_cast<int32_t>(t == 0 && j == 0 ? vocab_size - 1 : (index * 31 + t * 17 + j * 7) % vocab_size));
+      topk.logprobs.push_back(-0.125f * static_cast<float>(index % 5) - 0.37f * static_cast<float>(j) -
+                              static_cast<float>(t) * 1e-3f - (j == k - 1 ? 40.0f : 0.0f));
+    }
+  return topk;
+}
+
+CorpusSample sample_of(int64_t index, const CorpusIdentity& identity) {
+  CorpusSample sample{index, tokens_of(index, identity.seq_len, identity.vocab_size), {}, {}};
+  if (identity.topk > 0) {
+    CorpusTopK topk = topk_of(index, static_cast<int64_t>(sample.tokens.size()), identity.topk, identity.vocab_size);
+    sample.topk_ids = std::move(topk.ids);
+    sample.topk_logprobs = std::move(topk.logprobs);
+  }
+  return sample;
+}
+
+std::map<int64_t, CorpusTopK> all_topk(const CorpusIdentity& identity) {
+  std::map<int64_t, CorpusTopK> topk;
+  for (int64_t i = 0; i < identity.num_samples; ++i)
+    topk[i] = topk_of(i, static_cast<int64_t>(tokens_of(i, identity.seq_len, identity.vocab_size).size()),
+                      identity.topk, identity.vocab_size);
+  return topk;
+}
+
+bool same_topk(const CorpusTopK& a, const CorpusTopK& b) {  // bitwise: the journal and file store floats exactly
+  return a.ids == b.ids && a.logprobs.size() == b.logprobs.size() &&
+         std::memcmp(a.logprobs.data(), b.logprobs.data(), 4 * a.logprobs.size()) == 0;
+}
+
+bool same_topk(const std::map<int64_t, CorpusTopK>& a, const std::map<int64_t, CorpusTopK>& b) {
+  if (a.size() != b.size()) return false;
+  for (const auto& [index, values] : a)
+    if (!b.count(index) || !same_topk(values, b.at(index))) return false;
+  return true;
+}
+
 Samples all_samples(const CorpusIdentity& identity) {
   Samples samples;
   for (int64_t i = 0; i < identity.num_samples; ++i) samples[i] = tokens_of(i, identity.seq_len, identity.vocab_size);
@@ -57,7 +103,7 @@ Samples all_samples(const CorpusIdentity& identity) {
 void write_journal(const fs::path& path, const CorpusIdentity& identity, const std::vector<int64_t>& indices) {
   CorpusJournalWriter writer(path.string(), identity);
   for (int64_t index : indices) {
-    writer.append({index, tokens_of(index, identity.seq_len, identity.vocab_size)});
+    writer.append(sample_of(index, identity));
     if (index % 5 == 0) writer.flush();
   }
   writer.flush();
@@ -162,8 +208,8 @@ TEST_F(CorpusTest, WriterRefusesAnExistingJournalAndBadSamples) {
 
 // Every truncation of a 3-record journal: the header cut short is an Error naming the file (journals are
 // created whole, so only damage can tear a header); a record cut short is dropped and counted.
-TEST_F(CorpusTest, EveryTruncationIsReadSafely) {
-  const CorpusIdentity identity = make_identity(10, 8, 500);
+void expect_every_truncation_read_safely(const fs::path& dir_, int64_t topk) {
+  const CorpusIdentity identity = make_identity(10, 8, 500, 1234, "sha256:0f3a", topk);
   const fs::path full = dir_ / "full.qfcj";
   std::vector<size_t> ends;  // the file size after the header and after each record
   {
@@ -171,7 +217,7 @@ TEST_F(CorpusTest, EveryTruncationIsReadSafely) {
     writer.flush();
     ends.push_back(fs::file_size(full));
     for (int64_t index : {3, 9, 4}) {
-      writer.append({index, tokens_of(index, 8, 500)});
+      writer.append(sample_of(index, identity));
       writer.flush();
       ends.push_back(fs::file_size(full));
     }
@@ -190,13 +236,50 @@ TEST_F(CorpusTest, EveryTruncationIsReadSafely) {
     }
     const JournalContents contents = read_corpus_journals(dir_.string(), identity);
     Samples expected;
+    std::map<int64_t, CorpusTopK> expected_topk;
     size_t whole = 0;
     while (whole + 1 < ends.size() && ends[whole + 1] <= cut) ++whole;
-    for (size_t r = 0; r < whole; ++r) expected[order[r]] = tokens_of(order[r], 8, 500);
+    for (size_t r = 0; r < whole; ++r) {
+      const CorpusSample sample = sample_of(order[r], identity);
+      expected[order[r]] = sample.tokens;
+      if (topk > 0) expected_topk[order[r]] = {sample.topk_ids, sample.topk_logprobs};
+    }
     EXPECT_EQ(contents.samples, expected);
+    EXPECT_TRUE(same_topk(contents.topk, expected_topk));
     EXPECT_EQ(contents.torn_records, cut == ends[whole] ? 0 : 1);
     EXPECT_EQ(contents.journals, 1);
   }
+}
+
+TEST_F(CorpusTest, EveryTruncationIsReadSafely) { expect_every_truncation_read_safely(dir_, 0); }
+
+// Records carrying top-K (K = 3) are larger; every cut of them is still dropped and counted, never misread.
+TEST_F(CorpusTest, EveryTruncationIsReadSafelyWithTopK) { expect_every_truncation_read_safely(dir_, 3); }
+
+TEST_F(CorpusTest, JournalsRoundTripTopK) {
+  const CorpusIdentity identity = make_identity(40, 16, 32000, 1234, "sha256:0f3a", 3);
+  std::vector<int64_t> first, second = {5, 6};
+  for (int64_t i = 0; i < 20; ++i) first.push_back(i);
+  for (int64_t i = 39; i >= 20; --i) second.push_back(i);
+  write_journal(dir_ / "a.qfcj", identity, first);
+  write_journal(dir_ / "b.qfcj", identity, second);
+  const JournalContents contents = read_corpus_journals(dir_.string(), identity);
+  EXPECT_EQ(contents.torn_records, 0);
+  EXPECT_EQ(contents.samples, all_samples(identity));
+  EXPECT_TRUE(same_topk(contents.topk, all_topk(identity)));
+  EXPECT_EQ(contents.topk.at(0).ids.size(), 0u) << "a 1-token sample has no successor";
+  EXPECT_EQ(contents.topk.at(2).ids.size(), 14u * 3) << "15 tokens: 14 positions x 3";
+
+  // The writer refuses top-K of the wrong size or with ids outside the vocabulary, and top-K when topk is 0.
+  CorpusJournalWriter writer((dir_ / "c.qfcj").string(), identity);
+  CorpusSample short_topk = sample_of(3, identity);
+  short_topk.topk_logprobs.pop_back();
+  EXPECT_NE(error_of([&] { writer.append(short_topk); }).find("c.qfcj"), std::string::npos);
+  CorpusSample bad_id = sample_of(3, identity);
+  bad_id.topk_ids[4] = 32000;
+  EXPECT_NE(error_of([&] { writer.append(bad_id); }).find("top-K id 32000"), std::string::npos);
+  CorpusJournalWriter plain((dir_ / "d.qfcj").string(), make_identity(40, 16, 32000));
+  EXPECT_NE(error_of([&] { plain.append(sample_of(3, identity)); }).find("d.qfcj"), std::string::npos);
 }
 
 TEST_F(CorpusTest, DamagedOrZeroFilledTailIsDropped) {
@@ -235,7 +318,8 @@ TEST_F(CorpusTest, JournalOfAnotherCorpusNamesFileAndKey) {
       {make_identity(10, 8, 500, 99), "attributes.seed"},
       {make_identity(10, 16, 500), "seq_len"},
       {make_identity(10, 8, 500, 1234, "sha256:ffff"), "attributes.teacher.checksum"},
-      {make_identity(11, 8, 500), "num_samples"}};
+      {make_identity(11, 8, 500), "num_samples"},
+      {make_identity(10, 8, 500, 1234, "sha256:0f3a", 3), "topk"}};
   for (const auto& [other, key] : others) {
     SCOPED_TRACE(key);
     EXPECT_EQ(first_difference(other, identity), key);
@@ -340,7 +424,9 @@ TEST_F(CorpusTest, FileRoundTripAgainstH5py) {
       EXPECT_EQ(reference.at("datasets").at(name).at("compression"), "gzip") << name;
 
     const json& attributes = reference.at("attributes");
-    EXPECT_EQ(attributes.size(), 3 + identity.attributes.size());
+    EXPECT_EQ(attributes.size(), 4 + identity.attributes.size());
+    EXPECT_EQ(attributes.at("topk"), 0);
+    EXPECT_FALSE(reference.at("datasets").contains("topk_ids"));
     EXPECT_EQ(attributes.at("num_samples"), 150);
     EXPECT_EQ(attributes.at("seq_len"), 24);
     EXPECT_EQ(attributes.at("vocab_size"), vocab);
@@ -359,6 +445,86 @@ TEST_F(CorpusTest, FileRoundTripAgainstH5py) {
     }
   }
   EXPECT_EQ(files_in(dir_).size(), 4u) << "no temporaries left";
+  if (!why.empty()) GTEST_SKIP() << "C++ round trip checked; the h5py reference skipped: " << why;
+}
+
+uint32_t topk_checksum_of(const CorpusTopK& topk) {
+  std::string bytes;
+  for (int32_t id : topk.ids)
+    for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<char>((static_cast<uint32_t>(id) >> (8 * i)) & 0xFF));
+  for (float logprob : topk.logprobs) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, &logprob, 4);
+    for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<char>((bits >> (8 * i)) & 0xFF));
+  }
+  return crc32(bytes.data(), bytes.size());
+}
+
+TEST_F(CorpusTest, FileWithTopKRoundTripAgainstH5py) {
+  const std::string why = python_unavailable();
+  for (auto [vocab, dtype] : std::vector<std::pair<int64_t, std::string>>{{32000, "uint16"}, {200, "uint8"}}) {
+    SCOPED_TRACE(fmt::format("vocab {}", vocab));
+    const CorpusIdentity identity = make_identity(150, 24, vocab, 1234, "sha256:0f3a", 3);
+    const Samples samples = all_samples(identity);
+    const std::map<int64_t, CorpusTopK> topk = all_topk(identity);
+    const fs::path path = dir_ / fmt::format("corpus_{}.h5", vocab);
+    write_corpus_file(path.string(), identity, samples, topk);
+    const CorpusReader reader(path.string());
+    expect_reader_matches(reader, identity, samples);
+    EXPECT_EQ(reader.topk(), 3);
+    const std::vector<int64_t> indices = {149, 0, 2, 77, 64, 63};
+    auto [ids, logprobs] = reader.topk_batch(indices);
+    ASSERT_EQ(ids.sizes(), (std::vector<int64_t>{6, 24, 3}));
+    ASSERT_EQ(ids.scalar_type(), torch::kLong);
+    ASSERT_EQ(logprobs.scalar_type(), torch::kFloat);
+    for (size_t b = 0; b < indices.size(); ++b) {
+      const CorpusTopK& expected = topk.at(indices[b]);
+      const auto valid = static_cast<int64_t>(expected.ids.size()) / 3;
+      const torch::Tensor expected_ids = torch::tensor(expected.ids, torch::kInt).to(torch::kLong).reshape({valid, 3});
+      const torch::Tensor expected_logprobs = torch::tensor(expected.logprobs, torch::kFloat).reshape({valid, 3});
+      EXPECT_TRUE(torch::equal(ids[b].slice(0, 0, valid), expected_ids)) << indices[b];
+      EXPECT_TRUE(torch::equal(logprobs[b].slice(0, 0, valid), expected_logprobs)) << indices[b];
+      EXPECT_EQ(ids[b].slice(0, valid).count_nonzero().item<int64_t>(), 0) << indices[b];
+      EXPECT_TRUE(torch::isneginf(logprobs[b].slice(0, valid)).all().item<bool>()) << indices[b];
+    }
+    if (!why.empty()) continue;
+
+    const CommandResult result = run_command(fmt::format("{} {} {}", kPython, quoted(kReferenceScript), quoted(path)));
+    ASSERT_EQ(result.status, 0) << result.output;
+    const json reference = json::parse(result.output);
+    EXPECT_EQ(reference.at("attributes").at("topk"), 3);
+    const json& datasets = reference.at("datasets");
+    EXPECT_EQ(datasets.at("topk_ids").at("dtype"), dtype);
+    EXPECT_EQ(datasets.at("topk_logprobs").at("dtype"), "float32");
+    for (const auto& name : {"topk_ids", "topk_logprobs"}) {
+      EXPECT_EQ(datasets.at(name).at("shape"), json({150, 24, 3})) << name;
+      EXPECT_EQ(datasets.at(name).at("chunks"), json({64, 24, 3})) << name;
+      EXPECT_EQ(datasets.at(name).at("compression"), "gzip") << name;
+    }
+    const json& rows = reference.at("samples");
+    ASSERT_EQ(rows.size(), samples.size());
+    for (const auto& [index, expected] : samples) {
+      const json& row = rows.at(static_cast<size_t>(index));
+      EXPECT_EQ(row.at("checksum"), checksum_of(expected)) << index;
+      EXPECT_EQ(row.at("topk_checksum"), topk_checksum_of(topk.at(index))) << index;
+      EXPECT_EQ(row.at("topk_padding_bad"), 0) << index;
+      EXPECT_EQ(row.at("topk_unsorted"), 0) << index;
+    }
+  }
+  // Missing or wrong-sized top-K is refused and leaves nothing; a file without top-K says so, naming itself.
+  const CorpusIdentity identity = make_identity(20, 8, 500, 1234, "sha256:0f3a", 3);
+  std::map<int64_t, CorpusTopK> missing = all_topk(identity);
+  missing.erase(7);
+  const fs::path bad = dir_ / "bad.h5";
+  EXPECT_NE(error_of([&] { write_corpus_file(bad.string(), identity, all_samples(identity), missing); }).find("sample 7"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(bad));
+  const CorpusIdentity plain_identity = make_identity(20, 8, 500);
+  const fs::path plain = dir_ / "plain.h5";
+  write_corpus_file(plain.string(), plain_identity, all_samples(plain_identity));
+  const CorpusReader reader(plain.string());
+  EXPECT_EQ(reader.topk(), 0);
+  EXPECT_NE(error_of([&] { reader.topk_batch({0}); }).find(plain.string()), std::string::npos);
   if (!why.empty()) GTEST_SKIP() << "C++ round trip checked; the h5py reference skipped: " << why;
 }
 

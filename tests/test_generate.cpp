@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
 #include <map>
 
 namespace qforge::distill {
@@ -61,10 +63,92 @@ std::map<int64_t, std::vector<int32_t>> run(model::CausalLM& m, const CorpusSett
                                             int64_t batch) {
   CorpusSchedule schedule(s, m.config().vocab_size);
   std::map<int64_t, std::vector<int32_t>> out;
-  generate_samples(m, schedule, s, indices, batch, [&](int64_t i, const std::vector<int32_t>& t) {
-    EXPECT_TRUE(out.emplace(i, t).second) << "sample " << i << " delivered twice";
+  generate_samples(m, schedule, s, indices, batch, [&](const io::CorpusSample& sample) {
+    EXPECT_TRUE(out.emplace(sample.index, sample.tokens).second) << "sample " << sample.index << " delivered twice";
+    EXPECT_TRUE(sample.topk_ids.empty() && sample.topk_logprobs.empty()) << "store_topk is 0";
   });
   return out;
+}
+
+std::map<int64_t, io::CorpusSample> run_topk(model::CausalLM& m, const CorpusSettings& s, std::vector<int64_t> indices,
+                                             int64_t batch) {
+  CorpusSchedule schedule(s, m.config().vocab_size);
+  std::map<int64_t, io::CorpusSample> out;
+  generate_samples(m, schedule, s, indices, batch, [&](const io::CorpusSample& sample) {
+    EXPECT_TRUE(out.emplace(sample.index, sample).second) << "sample " << sample.index << " delivered twice";
+  });
+  return out;
+}
+
+// Stored log-probs are compared at this fp32 tolerance: the KV-cache decode and the teacher-forced full forward
+// (or another TP size's partial sums) add in other orders, so they differ in the last bits only.
+constexpr double kTopKTolerance = 1e-4;
+
+// The stored top-K equals an independent recomputation: the unsharded reference model's teacher-forced forward over
+// the finished sample, log_softmax over the full vocabulary, topk(K) at positions 0 .. length-2.
+double expect_topk_of_reference(model::CausalLM& reference, const io::CorpusSample& sample, int64_t k) {
+  torch::NoGradGuard no_grad;
+  const auto length = static_cast<int64_t>(sample.tokens.size());
+  EXPECT_EQ(sample.topk_ids.size(), static_cast<size_t>((length - 1) * k)) << "sample " << sample.index;
+  EXPECT_EQ(sample.topk_logprobs.size(), sample.topk_ids.size()) << "sample " << sample.index;
+  if (sample.topk_ids.size() != static_cast<size_t>((length - 1) * k) || sample.topk_logprobs.size() != sample.topk_ids.size())
+    return 1e30;
+  const torch::Tensor ids = torch::tensor(sample.tokens, torch::kInt).to(torch::kLong).unsqueeze(0);
+  const torch::Tensor logits = reference.forward(ids).squeeze(0).slice(1, 0, reference.config().vocab_size);
+  auto [values, indices] = torch::log_softmax(logits.to(torch::kFloat), 1).slice(0, 0, length - 1).topk(k, 1);
+  const torch::Tensor stored_ids = torch::tensor(sample.topk_ids, torch::kInt).to(torch::kLong).reshape({length - 1, k});
+  const torch::Tensor stored = torch::tensor(sample.topk_logprobs, torch::kFloat).reshape({length - 1, k});
+  EXPECT_TRUE(torch::equal(stored_ids, indices)) << "sample " << sample.index;
+  const double worst = (stored - values).abs().max().item<double>();
+  EXPECT_LE(worst, kTopKTolerance) << "sample " << sample.index;
+  return worst;
+}
+
+TEST(CorpusGeneration, StoredTopKMatchesTeacherForcedForwardOnEveryTp) {
+  const model::ModelConfig config = model::llama(8, 4, true);
+  CorpusSettings s = small_settings();
+  s.store_topk = 5;
+  std::vector<int64_t> indices;
+  for (int64_t i = 0; i < 11; ++i) indices.push_back(i * 23);
+  model::CausalLM reference(config, runtime().self());
+  model::init_random(reference, 4, 0.2);
+  const auto stored = run_topk(reference, s, indices, 4);
+  ASSERT_EQ(stored.size(), indices.size());
+  double worst_reference = 0;
+  for (const auto& [i, sample] : stored) {
+    SCOPED_TRACE(fmt::format("sample {}", i));
+    worst_reference = std::max(worst_reference, expect_topk_of_reference(reference, sample, 5));
+    EXPECT_GE(sample.tokens.size(), 2u);
+  }
+  // The tokens do not change when top-K is stored.
+  CorpusSettings plain = s;
+  plain.store_topk = 0;
+  const auto tokens_only = run(reference, plain, indices, 4);
+  for (const auto& [i, sample] : stored) EXPECT_EQ(sample.tokens, tokens_only.at(i)) << "sample " << i;
+
+  double worst_tp = 0;
+  for (int tp : model::tp_sizes()) {
+    dist::Grid grid(runtime(), tp);
+    model::CausalLM sharded(config, grid.tp_group());
+    model::init_random(sharded, 4, 0.2);
+    const auto again = run_topk(sharded, s, {indices.rbegin(), indices.rend()}, 3);
+    ASSERT_EQ(again.size(), stored.size()) << grid.describe();
+    for (const auto& [i, sample] : stored) {
+      const io::CorpusSample& other = again.at(i);
+      EXPECT_EQ(other.tokens, sample.tokens) << grid.describe() << ", sample " << i;
+      EXPECT_EQ(other.topk_ids, sample.topk_ids) << grid.describe() << ", sample " << i;
+      ASSERT_EQ(other.topk_logprobs.size(), sample.topk_logprobs.size());
+      double worst = 0;
+      for (size_t j = 0; j < sample.topk_logprobs.size(); ++j)
+        worst = std::max(worst, static_cast<double>(std::abs(other.topk_logprobs[j] - sample.topk_logprobs[j])));
+      EXPECT_LE(worst, kTopKTolerance) << grid.describe() << ", sample " << i;
+      worst_tp = std::max(worst_tp, worst);
+    }
+  }
+  std::printf("[topk] K=5, %zu samples: worst |logprob - teacher-forced| %.3g, worst across TP sizes %.3g (tolerance %.0e)\n",
+              stored.size(), worst_reference, worst_tp, kTopKTolerance);
+  s.store_topk = config.vocab_size + 1;
+  EXPECT_THROW(run_topk(reference, s, {0}, 1), UsageError);
 }
 
 TEST(CorpusGeneration, SamplesDoNotDependOnBatchOrTp) {

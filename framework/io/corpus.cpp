@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <set>
@@ -25,7 +26,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 constexpr char kJournalMagic[4] = {'Q', 'F', 'C', 'J'};
-constexpr uint32_t kJournalVersion = 1;
+constexpr uint32_t kJournalVersion = 2;  // 2: records may carry top-K ids and log-probs
 constexpr size_t kHeaderFixedBytes = 12;               // magic, version, identity length
 constexpr size_t kRecordFixedBytes = 12;               // index, length
 constexpr uint32_t kMaxIdentityBytes = 64u << 20;      // a sanity bound on the header's JSON
@@ -33,7 +34,8 @@ constexpr hsize_t kRowsPerChunk = 64;                  // "tokens" chunk: 64 sam
 constexpr hsize_t kValuesPerChunk = 4096;              // "lengths" / "complete" chunk
 constexpr unsigned kDeflateLevel = 4;
 constexpr size_t kChunkCacheBytes = 32u << 20;
-const char* const kIntegerKeys[] = {"num_samples", "seq_len", "vocab_size"};
+const char* const kIntegerKeys[] = {"num_samples", "seq_len", "vocab_size", "topk"};
+const char* const kRequiredIntegerKeys[] = {"num_samples", "seq_len", "vocab_size"};  // topk: 0 when absent
 
 // ---- bytes ---------------------------------------------------------------------------------------------------
 
@@ -94,12 +96,16 @@ std::string shortened(const json& value) {
 CorpusIdentity identity_from_json(const json& j, const std::string& where) {
   CorpusIdentity identity;
   const bool ok = j.is_object() && j.contains("attributes");
-  for (const char* key : kIntegerKeys)
+  for (const char* key : kRequiredIntegerKeys)
     if (!ok || !j.contains(key) || !j.at(key).is_number_integer())
       throw Error(fmt::format("{} holds no corpus identity: integer '{}' and object 'attributes' are expected", where, key));
   identity.num_samples = j.at("num_samples").get<int64_t>();
   identity.seq_len = j.at("seq_len").get<int64_t>();
   identity.vocab_size = j.at("vocab_size").get<int64_t>();
+  if (j.contains("topk")) {
+    if (!j.at("topk").is_number_integer()) throw Error(fmt::format("{}: 'topk' is not an integer", where));
+    identity.topk = j.at("topk").get<int64_t>();
+  }
   identity.attributes = j.at("attributes");
   return identity;
 }
@@ -148,10 +154,16 @@ std::string encode_header(const CorpusIdentity& identity) {
 
 std::string encode_record(const CorpusSample& sample) {
   std::string record;
-  record.reserve(kRecordFixedBytes + 4 * sample.tokens.size() + 4);
+  record.reserve(kRecordFixedBytes + 4 * sample.tokens.size() + 8 * sample.topk_ids.size() + 4);
   put_u64(record, static_cast<uint64_t>(sample.index));
   put_u32(record, static_cast<uint32_t>(sample.tokens.size()));
   for (int32_t token : sample.tokens) put_u32(record, static_cast<uint32_t>(token));
+  for (int32_t id : sample.topk_ids) put_u32(record, static_cast<uint32_t>(id));
+  for (float logprob : sample.topk_logprobs) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, &logprob, 4);
+    put_u32(record, bits);
+  }
   put_u32(record, crc32(record.data(), record.size()));
   return record;
 }
@@ -205,19 +217,33 @@ std::string read_record(std::FILE* file, const CorpusIdentity& identity, CorpusS
   const int64_t length = static_cast<int32_t>(get_u32(bytes_of(fixed) + 8));
   if (sample.index < 0 || sample.index >= identity.num_samples || length < 1 || length > identity.seq_len)
     return fmt::format("with index {} or length {} out of range", sample.index, length);
-  if (!read_exactly(file, body, static_cast<size_t>(4 * length + 4))) return "cut short in its tokens";
+  const int64_t m = (length - 1) * identity.topk;  // top-K values of each kind
+  if (!read_exactly(file, body, static_cast<size_t>(4 * length + 8 * m + 4))) return "cut short in its tokens or top-K";
   const uint32_t expected = crc32(body.data(), body.size() - 4, crc32(fixed.data(), fixed.size()));
   if (get_u32(bytes_of(body) + body.size() - 4) != expected) return "whose CRC-32 does not match";
+  const unsigned char* p = bytes_of(body);
   sample.tokens.resize(static_cast<size_t>(length));
-  for (int64_t i = 0; i < length; ++i) sample.tokens[i] = static_cast<int32_t>(get_u32(bytes_of(body) + 4 * i));
+  for (int64_t i = 0; i < length; ++i) sample.tokens[i] = static_cast<int32_t>(get_u32(p + 4 * i));
+  p += 4 * length;
+  sample.topk_ids.resize(static_cast<size_t>(m));
+  sample.topk_logprobs.resize(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) {
+    sample.topk_ids[i] = static_cast<int32_t>(get_u32(p + 4 * i));
+    const uint32_t bits = get_u32(p + 4 * (m + i));
+    std::memcpy(&sample.topk_logprobs[i], &bits, 4);
+    if (sample.topk_ids[i] < 0 || sample.topk_ids[i] >= identity.vocab_size)
+      return fmt::format("with top-K id {} out of range", sample.topk_ids[i]);
+  }
   return "";
 }
 
 void add_sample(JournalContents& contents, std::map<int64_t, std::string>& origin, CorpusSample& sample,
-                const std::string& path) {
+                const std::string& path, bool with_topk) {
   auto [it, inserted] = contents.samples.try_emplace(sample.index, std::move(sample.tokens));
   if (inserted) {
     origin[sample.index] = path;
+    if (with_topk)  // every sample, a 1-token one (no positions) included
+      contents.topk[sample.index] = CorpusTopK{std::move(sample.topk_ids), std::move(sample.topk_logprobs)};
   } else if (it->second != sample.tokens) {
     throw Error(fmt::format("sample {} differs between journals '{}' and '{}': generation of a sample must be "
                             "deterministic, so one of them is from another run",
@@ -248,7 +274,7 @@ bool read_journal(const std::string& path, const CorpusIdentity& expected, Journ
                 "those samples will be generated again", path, size - offset, offset, why);
       return true;
     }
-    add_sample(contents, origin, sample, path);
+    add_sample(contents, origin, sample, path, expected.topk > 0);
   }
 }
 
@@ -345,6 +371,7 @@ void write_identity(hid_t file, const CorpusIdentity& identity, const std::strin
   write_int_attribute(file, "num_samples", identity.num_samples, path);
   write_int_attribute(file, "seq_len", identity.seq_len, path);
   write_int_attribute(file, "vocab_size", identity.vocab_size, path);
+  write_int_attribute(file, "topk", identity.topk, path);
   for (const auto& item : identity.attributes.items()) write_string_attribute(file, item.key(), item.value().dump(), path);
 }
 
@@ -378,6 +405,45 @@ void write_tokens(hid_t file, const CorpusIdentity& identity, const std::map<int
   dataset.close("H5Dclose(tokens)", path);
 }
 
+// "topk_ids" and "topk_logprobs" [N, seq_len, K], written 64 samples at a time.
+void write_topk(hid_t file, const CorpusIdentity& identity, const std::map<int64_t, std::vector<int32_t>>& samples,
+                const std::map<int64_t, CorpusTopK>& topk, const std::string& path) {
+  const auto n = static_cast<hsize_t>(identity.num_samples), seq_len = static_cast<hsize_t>(identity.seq_len),
+             k = static_cast<hsize_t>(identity.topk);
+  const std::vector<hsize_t> dims = {n, seq_len, k}, chunk = {std::min(n, kRowsPerChunk), seq_len, k};
+  H5Id ids = create_dataset(file, "topk_ids", token_file_type(identity.vocab_size), dims, chunk, path);
+  H5Id logprobs = create_dataset(file, "topk_logprobs", H5T_IEEE_F32LE, dims, chunk, path);
+  std::vector<uint32_t> id_block;
+  std::vector<float> logprob_block;
+  auto sample = samples.begin();
+  for (hsize_t first = 0; first < n; first += kRowsPerChunk) {
+    const hsize_t rows = std::min(kRowsPerChunk, n - first);
+    id_block.assign(rows * seq_len * k, 0);
+    logprob_block.assign(rows * seq_len * k, -std::numeric_limits<float>::infinity());
+    for (hsize_t row = 0; row < rows; ++row, ++sample) {
+      const CorpusTopK& values = topk.at(sample->first);
+      const auto offset = static_cast<int64_t>(row * seq_len * k);
+      std::copy(values.ids.begin(), values.ids.end(), id_block.begin() + offset);
+      std::copy(values.logprobs.begin(), values.logprobs.end(), logprob_block.begin() + offset);
+    }
+    const hsize_t block_dims[3] = {rows, seq_len, k}, start[3] = {first, 0, 0};
+    H5Id memory(H5Screate_simple(3, block_dims, nullptr), H5Sclose, "H5Screate_simple", path);
+    for (H5Id* dataset : {&ids, &logprobs}) {
+      H5Id space(H5Dget_space(dataset->get()), H5Sclose, "H5Dget_space", path);
+      check_status(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start, nullptr, block_dims, nullptr),
+                   "H5Sselect_hyperslab", path);
+      if (dataset == &ids)
+        check_status(H5Dwrite(ids.get(), H5T_NATIVE_UINT32, memory.get(), space.get(), H5P_DEFAULT, id_block.data()),
+                     "H5Dwrite(topk_ids)", path);
+      else
+        check_status(H5Dwrite(logprobs.get(), H5T_NATIVE_FLOAT, memory.get(), space.get(), H5P_DEFAULT,
+                              logprob_block.data()), "H5Dwrite(topk_logprobs)", path);
+    }
+  }
+  ids.close("H5Dclose(topk_ids)", path);
+  logprobs.close("H5Dclose(topk_logprobs)", path);
+}
+
 template <typename T>
 void write_vector(hid_t file, const char* name, hid_t file_type, hid_t memory_type, const std::vector<T>& values,
                   const std::string& path) {
@@ -388,9 +454,22 @@ void write_vector(hid_t file, const char* name, hid_t file_type, hid_t memory_ty
 }
 
 void check_samples(const std::string& path, const CorpusIdentity& identity,
-                   const std::map<int64_t, std::vector<int32_t>>& samples) {
+                   const std::map<int64_t, std::vector<int32_t>>& samples, const std::map<int64_t, CorpusTopK>& topk) {
+  if (identity.topk == 0 && !topk.empty())
+    throw Error(fmt::format("cannot write corpus '{}': top-K values given but identity.topk is 0", path));
   int64_t expected = 0;
   for (const auto& [index, tokens] : samples) {
+    if (identity.topk > 0) {
+      const auto found = topk.find(index);
+      const auto m = static_cast<size_t>((static_cast<int64_t>(tokens.size()) - 1) * identity.topk);
+      if (found == topk.end() || found->second.ids.size() != m || found->second.logprobs.size() != m)
+        throw Error(fmt::format("cannot write corpus '{}': sample {} has no top-K of (length-1) x {} = {} values",
+                                path, index, identity.topk, m));
+      for (int32_t id : found->second.ids)
+        if (id < 0 || id >= identity.vocab_size)
+          throw Error(fmt::format("cannot write corpus '{}': sample {} holds top-K id {}, outside 0..{}", path, index,
+                                  id, identity.vocab_size - 1));
+    }
     if (index < 0 || index >= identity.num_samples)
       throw Error(fmt::format("cannot write corpus '{}': sample {} is outside 0..{}", path, index, identity.num_samples - 1));
     if (index != expected)
@@ -490,13 +569,16 @@ uint32_t crc32(const void* data, size_t size, uint32_t crc) {
 }
 
 json CorpusIdentity::to_json() const {
-  return {{"num_samples", num_samples}, {"seq_len", seq_len}, {"vocab_size", vocab_size}, {"attributes", attributes}};
+  return {{"num_samples", num_samples}, {"seq_len", seq_len}, {"vocab_size", vocab_size}, {"topk", topk},
+          {"attributes", attributes}};
 }
 
 void CorpusIdentity::validate(const std::string& where) const {
   if (num_samples < 1 || seq_len < 1 || vocab_size < 1 || vocab_size > (int64_t{1} << 32))
     throw Error(fmt::format("{}: corpus identity num_samples {}, seq_len {}, vocab_size {} is invalid: all must be "
                             "positive and vocab_size at most 2^32", where, num_samples, seq_len, vocab_size));
+  if (topk < 0 || topk > vocab_size)
+    throw Error(fmt::format("{}: corpus identity topk {} is outside 0..vocab_size ({})", where, topk, vocab_size));
   if (!attributes.is_object())
     throw Error(fmt::format("{}: corpus attributes must be a JSON object, not {}", where, attributes.type_name()));
   for (const char* key : kIntegerKeys)
@@ -508,6 +590,7 @@ std::string first_difference(const CorpusIdentity& expected, const CorpusIdentit
   if (expected.num_samples != found.num_samples) return "num_samples";
   if (expected.seq_len != found.seq_len) return "seq_len";
   if (expected.vocab_size != found.vocab_size) return "vocab_size";
+  if (expected.topk != found.topk) return "topk";
   std::string key;
   first_json_difference(expected.attributes, found.attributes, "attributes", key);
   return key;
@@ -548,6 +631,15 @@ void CorpusJournalWriter::append(const CorpusSample& sample) {
   for (int32_t token : sample.tokens)
     if (token < 0 || token >= identity_.vocab_size)
       throw Error(fmt::format("journal '{}': sample {} holds token id {}, outside 0..{}", path_, sample.index, token,
+                              identity_.vocab_size - 1));
+  const auto m = static_cast<size_t>((length - 1) * identity_.topk);
+  if (sample.topk_ids.size() != m || sample.topk_logprobs.size() != m)
+    throw Error(fmt::format("journal '{}': sample {} has {} top-K ids and {} log-probs, (length-1) x topk = {} x {} "
+                            "expected", path_, sample.index, sample.topk_ids.size(), sample.topk_logprobs.size(),
+                            length - 1, identity_.topk));
+  for (int32_t id : sample.topk_ids)
+    if (id < 0 || id >= identity_.vocab_size)
+      throw Error(fmt::format("journal '{}': sample {} holds top-K id {}, outside 0..{}", path_, sample.index, id,
                               identity_.vocab_size - 1));
   check_usable();
   try {
@@ -596,15 +688,17 @@ JournalContents read_corpus_journals(const std::string& dir, const CorpusIdentit
 }
 
 void write_corpus_file(const std::string& path, const CorpusIdentity& identity,
-                       const std::map<int64_t, std::vector<int32_t>>& samples) {
+                       const std::map<int64_t, std::vector<int32_t>>& samples,
+                       const std::map<int64_t, CorpusTopK>& topk) {
   identity.validate(fmt::format("corpus file '{}'", path));
-  check_samples(path, identity, samples);
+  check_samples(path, identity, samples, topk);
   Hdf5Quiet quiet;
   AtomicFile output(path);  // removes the temporary if anything below throws
   {
     H5Id file(H5Fcreate(output.temp_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, "H5Fcreate", path);
     write_identity(file.get(), identity, path);
     write_tokens(file.get(), identity, samples, path);
+    if (identity.topk > 0) write_topk(file.get(), identity, samples, topk, path);
     std::vector<int32_t> lengths;
     for (const auto& [index, tokens] : samples) lengths.push_back(static_cast<int32_t>(tokens.size()));
     write_vector(file.get(), "lengths", H5T_STD_I32LE, H5T_NATIVE_INT32, lengths, path);
@@ -630,8 +724,18 @@ CorpusReader::CorpusReader(const std::string& path) : path_(path) {
     tokens_ = check_id(H5Dopen2(file_, "tokens", access.get()), "H5Dopen2(tokens)", path);
     check_token_type(tokens_, path);
     check_extent(tokens_, "tokens", {static_cast<hsize_t>(num_samples()), static_cast<hsize_t>(seq_len())}, path);
+    if (topk() > 0) {
+      const std::vector<hsize_t> dims = {static_cast<hsize_t>(num_samples()), static_cast<hsize_t>(seq_len()),
+                                         static_cast<hsize_t>(topk())};
+      topk_ids_ = check_id(H5Dopen2(file_, "topk_ids", access.get()), "H5Dopen2(topk_ids)", path);
+      check_extent(topk_ids_, "topk_ids", dims, path);
+      topk_logprobs_ = check_id(H5Dopen2(file_, "topk_logprobs", access.get()), "H5Dopen2(topk_logprobs)", path);
+      check_extent(topk_logprobs_, "topk_logprobs", dims, path);
+    }
     read_lengths_and_completeness();
   } catch (...) {
+    if (topk_logprobs_ >= 0) H5Dclose(topk_logprobs_);
+    if (topk_ids_ >= 0) H5Dclose(topk_ids_);
     if (tokens_ >= 0) H5Dclose(tokens_);
     H5Fclose(file_);
     throw;
@@ -639,6 +743,8 @@ CorpusReader::CorpusReader(const std::string& path) : path_(path) {
 }
 
 CorpusReader::~CorpusReader() {
+  if (topk_logprobs_ >= 0) H5Dclose(topk_logprobs_);
+  if (topk_ids_ >= 0) H5Dclose(topk_ids_);
   if (tokens_ >= 0) H5Dclose(tokens_);
   if (file_ >= 0) H5Fclose(file_);
 }
@@ -728,6 +834,36 @@ std::pair<torch::Tensor, torch::Tensor> CorpusReader::batch(const std::vector<in
     lengths[i] = static_cast<int64_t>(lengths_[static_cast<size_t>(index)]);
   }
   return {tokens, lengths};
+}
+
+std::pair<torch::Tensor, torch::Tensor> CorpusReader::topk_batch(const std::vector<int64_t>& indices) const {
+  if (topk() == 0)
+    throw Error(fmt::format("corpus file '{}' stores no teacher top-K (generate it with generate.store_topk > 0)", path_));
+  const auto count = static_cast<int64_t>(indices.size());
+  torch::Tensor ids = torch::empty({count, seq_len(), topk()}, torch::kLong);
+  torch::Tensor logprobs = torch::empty({count, seq_len(), topk()}, torch::kFloat);
+  Hdf5Quiet quiet;
+  const hsize_t dims[3] = {1, static_cast<hsize_t>(seq_len()), static_cast<hsize_t>(topk())};
+  const int64_t row = seq_len() * topk();
+  H5Id memory(H5Screate_simple(3, dims, nullptr), H5Sclose, "H5Screate_simple", path_);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t index = indices[static_cast<size_t>(i)];
+    if (index < 0 || index >= num_samples())
+      throw Error(fmt::format("corpus file '{}' has samples 0..{}: sample {} was asked for", path_, num_samples() - 1, index));
+    const hsize_t start[3] = {static_cast<hsize_t>(index), 0, 0};
+    for (const int64_t dataset : {topk_ids_, topk_logprobs_}) {
+      H5Id space(H5Dget_space(dataset), H5Sclose, "H5Dget_space", path_);
+      check_status(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start, nullptr, dims, nullptr),
+                   "H5Sselect_hyperslab", path_);
+      if (dataset == topk_ids_)
+        check_status(H5Dread(dataset, H5T_NATIVE_INT64, memory.get(), space.get(), H5P_DEFAULT,
+                             ids.data_ptr<int64_t>() + i * row), "H5Dread(topk_ids)", path_);
+      else
+        check_status(H5Dread(dataset, H5T_NATIVE_FLOAT, memory.get(), space.get(), H5P_DEFAULT,
+                             logprobs.data_ptr<float>() + i * row), "H5Dread(topk_logprobs)", path_);
+    }
+  }
+  return {ids, logprobs};
 }
 
 }  // namespace qforge::io
