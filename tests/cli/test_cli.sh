@@ -146,6 +146,18 @@ if [ -f "$SHARED/models/stories260K/stories260K.bin" ]; then
       check "corpus under TP 2 x DP $(( $1 / 2 )) differs from TP 1 in ${differing%% *} of ${differing##* } tokens (at most 5%)" $?
     done
 
+    run "$work/out" "$work/err" -- gen 2 2 "$work/topk.h5" --store-topk 4
+    [ $code -eq 0 ] && /usr/bin/python3 -c "
+import h5py, numpy as np, sys
+f = h5py.File(sys.argv[1])
+ids, lp = f['topk_ids'], f['topk_logprobs']
+assert ids.shape == (48, 64, 4) and lp.shape == (48, 64, 4), (ids.shape, lp.shape)
+first = lp[:, :-1, :]
+assert np.all(np.diff(first, axis=-1) <= 0) and np.all(np.exp(first).sum(-1) <= 1 + 1e-5)
+assert (f['tokens'][...] == h5py.File(sys.argv[2])['tokens'][...]).all()
+" "$work/topk.h5" "$work/corpus-1-1.h5"
+    check "--store-topk 4 under TP 2: top-4 ids and sorted log-probs stored, tokens unchanged" $? || show
+
     # kill -9 of one rank mid-run, then the same command again: the file equals an uninterrupted run's.
     gen 2 1 "$work/killed.h5" --num-samples 160 >"$work/out" 2>"$work/err" &
     job=$!
