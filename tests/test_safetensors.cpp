@@ -7,6 +7,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+
+#include "tests/test_support.h"
 #include <malloc.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -253,24 +255,9 @@ TEST_F(SafetensorsTest, EveryDtypeRoundTripsAndLayoutsReplaceEachOther) {
 // ---------------------------------------------------------------------------------------------------------------
 // 2. The independent Python reference
 
-struct CommandResult {
-  int status = -1;
-  std::string output;
-};
-
-CommandResult run_command(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (!pipe) return result;
-  char buffer[4096];
-  size_t got;
-  while ((got = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) result.output.append(buffer, got);
-  const int status = ::pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-std::string quoted(const fs::path& path) { return "'" + path.string() + "'"; }
+using test::CommandResult;
+using test::quoted;
+using test::run_command;
 
 // Empty when the reference can run, else why not.
 std::string python_unavailable() {

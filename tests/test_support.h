@@ -1,6 +1,9 @@
 // Helpers shared by the test suites.
 #pragma once
 
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <filesystem>
 #include <string>
 
@@ -11,6 +14,27 @@ inline std::string shared_dir() {
   const std::filesystem::path dir = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "shared";
   return std::filesystem::exists(dir / "README.md") ? dir.string() : std::string();
 }
+
+struct CommandResult {
+  int status = -1;  // exit status; -1 when the command could not run or did not exit normally
+  std::string output;  // stdout and stderr together
+};
+
+// Runs `command` through the shell (for independent references under /usr/bin/python3).
+inline CommandResult run_command(const std::string& command) {
+  CommandResult result;
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return result;
+  char buffer[4096];
+  size_t got;
+  while ((got = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) result.output.append(buffer, got);
+  const int status = ::pclose(pipe);
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+// `path` single-quoted for the shell.
+inline std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
 
 }  // namespace qforge::test
 
