@@ -22,6 +22,13 @@
 namespace qforge::io {
 namespace {
 
+using test::CommandResult;
+using test::quoted;
+using test::run_command;
+using test::slurp;
+using test::write_bytes;
+using test::files_in;
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Samples = std::map<int64_t, std::vector<int32_t>>;
@@ -109,23 +116,6 @@ void write_journal(const fs::path& path, const CorpusIdentity& identity, const s
     if (index % 5 == 0) writer.flush();
   }
   writer.flush();
-}
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::set<std::string> files_in(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
-  return names;
 }
 
 // The message of the qforge::Error `body` throws ("" and a test failure when it throws nothing).
@@ -344,9 +334,6 @@ TEST(CorpusCrc, MatchesZlib) {
 
 // ---- the final file ------------------------------------------------------------------------------------------
 
-using test::CommandResult;
-using test::quoted;
-using test::run_command;
 
 // Empty when the reference can run, else why not.
 std::string python_unavailable() {

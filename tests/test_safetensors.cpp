@@ -25,6 +25,13 @@
 namespace qforge::io {
 namespace {
 
+using test::CommandResult;
+using test::quoted;
+using test::run_command;
+using test::slurp;
+using test::write_bytes;
+using test::files_in;
+
 namespace fs = std::filesystem;
 using Tensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
@@ -132,23 +139,6 @@ class ReadChunkBytes {
   int64_t previous_;
 };
 
-std::set<std::string> files_in(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
-  return names;
-}
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 // A safetensors file by hand: the 8-byte little-endian length of `header`, `header`, `data_bytes` zero bytes.
 std::string safetensors_bytes(const std::string& header, size_t data_bytes) {
   std::string bytes;
@@ -255,9 +245,6 @@ TEST_F(SafetensorsTest, EveryDtypeRoundTripsAndLayoutsReplaceEachOther) {
 // ---------------------------------------------------------------------------------------------------------------
 // 2. The independent Python reference
 
-using test::CommandResult;
-using test::quoted;
-using test::run_command;
 
 // Empty when the reference can run, else why not.
 std::string python_unavailable() {
