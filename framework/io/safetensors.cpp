@@ -568,4 +568,27 @@ void save_checkpoint(const std::string& dir, const std::vector<std::pair<std::st
   fs::remove(fs::path(dir) / (sharded ? kSingleFile : kIndexFile), ec);
 }
 
+int64_t save_safetensors_file(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  const std::vector<Entry> entries = checked_entries(path, tensors);
+  std::vector<size_t> all(entries.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  std::error_code ec;
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty()) fs::create_directories(parent, ec);
+  if (ec) throw Error(fmt::format("cannot create the directory of '{}': {}", path, ec.message()));
+  AtomicFile file(path);
+  std::string header;
+  try {
+    header = header_of(entries, all, metadata);
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("cannot write the header of '{}': {}", path, e.what()));
+  }
+  write_shard(file, header, entries, all);
+  file.commit();
+  int64_t bytes = static_cast<int64_t>(header.size());
+  for (const Entry& e : entries) bytes += e.nbytes;
+  return bytes;
+}
+
 }  // namespace qforge::io

@@ -105,6 +105,11 @@ class Checkpoint {
 void save_checkpoint(const std::string& dir, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                      int64_t max_shard_bytes = 0, const std::map<std::string, std::string>& metadata = {});
 
+// Writes `tensors` as one safetensors file at `path` (through a temporary name, renamed when complete), with
+// `metadata` as its "__metadata__"; creates missing parent directories. Returns the bytes written.
+int64_t save_safetensors_file(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+
 // Bytes of the source file copied per step by read() before its pages are dropped; returns the previous
 // value. Tests lower it so that small tensors take the multi-chunk path.
 int64_t set_read_chunk_bytes(int64_t bytes);

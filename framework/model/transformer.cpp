@@ -50,6 +50,34 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   return torch::matmul(torch::softmax(scores, -1).to(v.scalar_type()), v);
 }
 
+// A decoder block that keeps only its input: the backward pass runs the block again under autograd and
+// back-propagates through that (parameter gradients accumulate there). Collectives inside the block run again
+// too, in the same order on every rank.
+struct RecomputedBlock : torch::autograd::Function<RecomputedBlock> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& positions, int64_t block_handle) {
+    ctx->save_for_backward({x, positions});
+    ctx->saved_data["block"] = block_handle;
+    torch::NoGradGuard no_grad;
+    return block_of(block_handle).forward(x, positions, nullptr, nullptr);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor x = saved[0].detach().requires_grad_(true);
+    torch::Tensor y;
+    {
+      torch::AutoGradMode enable(true);
+      y = block_of(ctx->saved_data["block"].toInt()).forward(x, saved[1], nullptr, nullptr);
+    }
+    torch::autograd::backward({y}, {grads[0]});
+    return {x.grad(), torch::Tensor(), torch::Tensor()};
+  }
+  static DecoderBlockImpl& block_of(int64_t handle) {
+    return *reinterpret_cast<DecoderBlockImpl*>(static_cast<intptr_t>(handle));
+  }
+};
+
 }  // namespace
 
 // ---- Norm ----------------------------------------------------------------------------------------------------
@@ -213,8 +241,13 @@ torch::Tensor CausalLM::forward(const torch::Tensor& input_ids, torch::Tensor po
   torch::Tensor h = embed_tokens(ids);
   if (project_in) h = project_in(h);
   if (embed_positions) h = h + embed_positions(positions + 2);  // OPT's learned positions start at offset 2
-  for (std::size_t i = 0; i < layers.size(); ++i)
-    h = layers[i](h, positions, cache ? &cache->keys[i] : nullptr, cache ? &cache->values[i] : nullptr);
+  const bool recompute = recompute_blocks && !cache && torch::GradMode::is_enabled();
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    if (recompute)
+      h = RecomputedBlock::apply(h, positions, reinterpret_cast<intptr_t>(layers[i].get()));
+    else
+      h = layers[i](h, positions, cache ? &cache->keys[i] : nullptr, cache ? &cache->values[i] : nullptr);
+  }
   if (final_norm) h = final_norm(h);
   if (project_out) h = project_out(h);
   return head(h).to(torch::kFloat);

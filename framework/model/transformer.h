@@ -101,6 +101,8 @@ class CausalLM : public torch::nn::Module {
   std::vector<DecoderBlock> layers;
   Norm final_norm{nullptr};
   VocabParallelHead head{nullptr};
+  // Training: keep only each decoder block's input and recompute its activations in the backward pass.
+  bool recompute_blocks = false;
 
  private:
   ModelConfig config_;

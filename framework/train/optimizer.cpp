@@ -1,0 +1,170 @@
+#include "framework/train/optimizer.h"
+
+#include "framework/common/error.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace qforge::train {
+
+DistributedAdamW::DistributedAdamW(std::vector<OptimizedParameter> params, dist::Communicator& tp,
+                                   dist::Communicator& dp, AdamWOptions options, int64_t bucket_elements,
+                                   bool shard_state)
+    : params_(std::move(params)), tp_(tp), dp_(dp), options_(options), shard_state_(shard_state) {
+  build_layout(std::max<int64_t>(1, bucket_elements));
+}
+
+// Parameters fill buckets in order and are never split; a bucket closes when the next parameter would pass
+// `bucket_elements` (a larger parameter gets a bucket of its own).
+void DistributedAdamW::build_layout(int64_t bucket_elements) {
+  torch::NoGradGuard no_grad;
+  const int64_t parts = shard_state_ ? dp_.size() : 1;
+  const int64_t part_index = shard_state_ ? dp_.rank() : 0;
+  auto close = [&](Bucket& bucket, int64_t used) {
+    bucket.size = (used + parts - 1) / parts * parts;
+    bucket.owned_size = bucket.size / parts;
+    bucket.owned_start = part_index * bucket.owned_size;
+    torch::Tensor full = torch::zeros({bucket.size}, torch::kFloat);
+    for (const Segment& s : bucket.segments)
+      full.narrow(0, s.offset, s.numel).copy_(params_[s.param].param.detach().reshape(-1).to(torch::kFloat));
+    bucket.master = full.narrow(0, bucket.owned_start, bucket.owned_size).clone();
+    bucket.exp_avg = torch::zeros({bucket.owned_size}, torch::kFloat);
+    bucket.exp_avg_sq = torch::zeros({bucket.owned_size}, torch::kFloat);
+    buckets_.push_back(std::move(bucket));
+  };
+  Bucket bucket;
+  int64_t used = 0;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const int64_t numel = params_[i].param.numel();
+    if (used > 0 && used + numel > bucket_elements) {
+      close(bucket, used);
+      bucket = Bucket{};
+      used = 0;
+    }
+    bucket.segments.push_back({i, used, numel});
+    used += numel;
+  }
+  if (used > 0) close(bucket, used);
+}
+
+std::vector<int64_t> DistributedAdamW::bucket_sizes() const {
+  std::vector<int64_t> sizes;
+  for (const Bucket& b : buckets_) sizes.push_back(b.size);
+  return sizes;
+}
+
+torch::Tensor DistributedAdamW::flat_gradients(const Bucket& bucket) const {
+  torch::Tensor flat = torch::zeros({bucket.size}, torch::kFloat);
+  for (const Segment& s : bucket.segments) {
+    const torch::Tensor& grad = params_[s.param].param.grad();
+    if (grad.defined()) flat.narrow(0, s.offset, s.numel).copy_(grad.reshape(-1));
+  }
+  return flat;
+}
+
+// Sum of squares of the owned gradient slice, leaving out TP-replicated parameters except on TP rank 0.
+double DistributedAdamW::owned_square_norm(const Bucket& bucket) const {
+  double total = bucket.grad.to(torch::kDouble).pow(2).sum().item<double>();
+  if (tp_.rank() == 0) return total;
+  const int64_t begin = bucket.owned_start, end = begin + bucket.owned_size;
+  for (const Segment& s : bucket.segments) {
+    if (!params_[s.param].tp_replicated) continue;
+    const int64_t lo = std::max(begin, s.offset), hi = std::min(end, s.offset + s.numel);
+    if (lo < hi) total -= bucket.grad.narrow(0, lo - begin, hi - lo).to(torch::kDouble).pow(2).sum().item<double>();
+  }
+  return total;
+}
+
+double DistributedAdamW::reduce_gradients() {
+  torch::NoGradGuard no_grad;
+  double square_norm = 0;
+  for (Bucket& bucket : buckets_) {
+    torch::Tensor flat = flat_gradients(bucket);
+    if (shard_state_) {
+      bucket.grad = dp_.reduce_scatter(flat, dist::ReduceOp::kSum);
+    } else {
+      dp_.all_reduce(flat, dist::ReduceOp::kSum);
+      bucket.grad = flat;
+    }
+    square_norm += owned_square_norm(bucket);
+  }
+  torch::Tensor total = torch::tensor({square_norm}, torch::kDouble);
+  if (shard_state_) dp_.all_reduce(total, dist::ReduceOp::kSum);
+  tp_.all_reduce(total, dist::ReduceOp::kSum);
+  return std::sqrt(total.item<double>());
+}
+
+// torch.optim.AdamW's update (decoupled weight decay, bias-corrected moments), on fp32 masters.
+void DistributedAdamW::step(double lr, double grad_scale) {
+  torch::NoGradGuard no_grad;
+  ++steps_;
+  const double correction1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
+  const double correction2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
+  for (Bucket& bucket : buckets_) {
+    QF_CHECK(bucket.grad.defined(), "DistributedAdamW::step called before reduce_gradients");
+    torch::Tensor grad = grad_scale == 1.0 ? bucket.grad : bucket.grad * grad_scale;
+    bucket.exp_avg.mul_(options_.beta1).add_(grad, 1 - options_.beta1);
+    bucket.exp_avg_sq.mul_(options_.beta2).addcmul_(grad, grad, 1 - options_.beta2);
+    if (options_.weight_decay != 0) bucket.master.mul_(1 - lr * options_.weight_decay);
+    torch::Tensor denom = (bucket.exp_avg_sq.sqrt() / std::sqrt(correction2)).add_(options_.eps);
+    bucket.master.addcdiv_(bucket.exp_avg, denom, -lr / correction1);
+    bucket.grad = torch::Tensor();
+    refresh_parameters(bucket);
+  }
+}
+
+void DistributedAdamW::refresh_parameters(const Bucket& bucket) {
+  torch::Tensor full = shard_state_ ? dp_.all_gather(bucket.master) : bucket.master;
+  for (const Segment& s : bucket.segments) {
+    torch::Tensor& param = params_[s.param].param;
+    param.detach().view(-1).copy_(full.narrow(0, s.offset, s.numel));
+  }
+}
+
+void DistributedAdamW::zero_grad() {
+  for (OptimizedParameter& p : params_)
+    if (p.param.grad().defined()) p.param.mutable_grad() = torch::Tensor();
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> DistributedAdamW::state() const {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    tensors.emplace_back(fmt::format("bucket.{}.master", b), buckets_[b].master);
+    tensors.emplace_back(fmt::format("bucket.{}.exp_avg", b), buckets_[b].exp_avg);
+    tensors.emplace_back(fmt::format("bucket.{}.exp_avg_sq", b), buckets_[b].exp_avg_sq);
+  }
+  return tensors;
+}
+
+void DistributedAdamW::load_state(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                                  int64_t steps_taken) {
+  torch::NoGradGuard no_grad;
+  std::map<std::string, torch::Tensor> by_name(tensors.begin(), tensors.end());
+  auto take = [&](size_t b, const char* what, torch::Tensor& into) {
+    const std::string name = fmt::format("bucket.{}.{}", b, what);
+    auto it = by_name.find(name);
+    if (it == by_name.end()) throw Error(fmt::format("optimizer state has no '{}'", name));
+    if (it->second.numel() != into.numel())
+      throw Error(fmt::format("optimizer state '{}' has {} elements; expected {} (a different parallel layout?)", name,
+                              it->second.numel(), into.numel()));
+    into.copy_(it->second.reshape(-1));
+  };
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    take(b, "master", buckets_[b].master);
+    take(b, "exp_avg", buckets_[b].exp_avg);
+    take(b, "exp_avg_sq", buckets_[b].exp_avg_sq);
+    refresh_parameters(buckets_[b]);
+  }
+  steps_ = steps_taken;
+}
+
+double scheduled_lr(const std::string& schedule, int64_t step, int64_t total, int64_t warmup, double peak, double floor) {
+  if (step < warmup) return peak * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  if (schedule == "constant") return peak;
+  const double progress = static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
+  const double shape = schedule == "cosine" ? 0.5 * (1 + std::cos(M_PI * progress)) : 1 - progress;
+  return floor + (peak - floor) * shape;
+}
+
+}  // namespace qforge::train

@@ -1,0 +1,301 @@
+#include "framework/train/trainer.h"
+
+#include "framework/common/atomic_file.h"
+#include "framework/common/error.h"
+#include "framework/config/settings.h"
+#include "framework/io/safetensors.h"
+#include "framework/log/log.h"
+#include "framework/train/optimizer.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace qforge::train {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// ---- stop signals --------------------------------------------------------------------------------------------
+
+namespace {
+std::atomic<bool> stop_signal_raised{false};
+extern "C" void on_stop_signal(int) { stop_signal_raised.store(true); }
+struct sigaction previous_term, previous_usr1;
+}  // namespace
+
+StopSignalGuard::StopSignalGuard() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, &previous_term);
+  sigaction(SIGUSR1, &action, &previous_usr1);
+}
+
+StopSignalGuard::~StopSignalGuard() {
+  sigaction(SIGTERM, &previous_term, nullptr);
+  sigaction(SIGUSR1, &previous_usr1, nullptr);
+}
+
+bool StopSignalGuard::raised() { return stop_signal_raised.load(); }
+void StopSignalGuard::reset() { stop_signal_raised.store(false); }
+
+// ---- checkpoint files ----------------------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* kLatestFile = "latest";
+constexpr const char* kStateFile = "trainer_state.json";
+
+std::string step_dir_name(int64_t step) { return fmt::format("step-{:08d}", step); }
+std::string model_file_name(int tp_rank, int tp) { return fmt::format("model-tp{:02d}-of-{:02d}.safetensors", tp_rank, tp); }
+std::string optimizer_file_name(int tp_rank, int dp_rank) {
+  return fmt::format("optimizer-tp{:02d}-dp{:03d}.safetensors", tp_rank, dp_rank);
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(fmt::format("cannot read '{}'", path.string()));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> read_all(const io::SafetensorsFile& file) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& [name, info] : file.tensors()) tensors.emplace_back(name, file.read(name, info.dtype));
+  return tensors;
+}
+
+std::vector<OptimizedParameter> trainable_parameters(const model::CausalLM& model) {
+  std::vector<OptimizedParameter> params;
+  std::set<const void*> seen;  // a tied head shares the embedding's tensor
+  for (const model::WeightEntry& e : model.weights().entries())
+    if (seen.insert(e.param.unsafeGetTensorImpl()).second)
+      params.push_back({e.name, e.param, e.spec.replicated()});
+  return params;
+}
+
+}  // namespace
+
+struct Trainer::State {
+  std::unique_ptr<DistributedAdamW> optimizer;
+  int64_t steps_done = 0;
+  double last_loss = 0;
+};
+
+Trainer::Trainer(TrainSettings settings, model::CausalLM& model, dist::Communicator& dp, const io::CorpusReader& corpus,
+                 std::function<int64_t(int64_t)> tokens_of, std::string checkpoint_dir, std::string resolved_config)
+    : settings_(std::move(settings)),
+      model_(model),
+      tp_(model.tp()),
+      dp_(dp),
+      corpus_(corpus),
+      tokens_of_(std::move(tokens_of)),
+      checkpoint_dir_(std::move(checkpoint_dir)),
+      resolved_config_(std::move(resolved_config)),
+      state_(std::make_unique<State>()) {
+  const int64_t per_pass = dp.size() * settings_.micro_batch;
+  if (settings_.global_batch % per_pass != 0)
+    throw UsageError(fmt::format("train.global_batch = {} is not a multiple of DP size {} x train.micro_batch {}",
+                                 settings_.global_batch, dp.size(), settings_.micro_batch));
+  steps_per_epoch_ = corpus.num_samples() / settings_.global_batch;
+  if (steps_per_epoch_ == 0)
+    throw UsageError(fmt::format("corpus '{}' has {} samples, fewer than train.global_batch = {}", corpus.path(),
+                                 corpus.num_samples(), settings_.global_batch));
+  total_steps_ = steps_per_epoch_ * settings_.epochs;
+  if (settings_.max_steps > 0) total_steps_ = std::min(total_steps_, settings_.max_steps);
+  model_.recompute_blocks = settings_.recompute;
+  const auto bucket_elements = static_cast<int64_t>(settings_.bucket_mb * 1024 * 1024 / sizeof(float));
+  AdamWOptions options{settings_.beta1, settings_.beta2, settings_.eps, settings_.weight_decay};
+  state_->optimizer = std::make_unique<DistributedAdamW>(trainable_parameters(model), tp_, dp, options,
+                                                         bucket_elements, settings_.zero);
+}
+
+Trainer::~Trainer() = default;
+
+int64_t Trainer::steps_done() const { return state_->steps_done; }
+
+// Step s of an epoch covers positions [s * B, (s + 1) * B) of the epoch's permutation whatever the DP size:
+// rank r holds positions r, r + dp, ... (CorpusReader::epoch_order), so its slice of the step is contiguous.
+std::vector<int64_t> Trainer::step_samples(int64_t step, int dp_rank) const {
+  const int64_t epoch = step / steps_per_epoch_;
+  if (epoch != cached_epoch_) {
+    epoch_cache_.clear();
+    for (int r = 0; r < dp_.size(); ++r)
+      epoch_cache_.push_back(corpus_.epoch_order(static_cast<uint64_t>(settings_.seed + epoch), r, dp_.size()));
+    cached_epoch_ = epoch;
+  }
+  const int64_t local_batch = settings_.global_batch / dp_.size();
+  const auto& order = epoch_cache_[dp_rank];
+  const int64_t first = (step % steps_per_epoch_) * local_batch;
+  return std::vector<int64_t>(order.begin() + first, order.begin() + first + local_batch);
+}
+
+double Trainer::step_tokens(int64_t step) const {
+  double tokens = 0;
+  for (int r = 0; r < dp_.size(); ++r)
+    for (int64_t sample : step_samples(step, r)) tokens += static_cast<double>(tokens_of_(corpus_.lengths()[sample]));
+  return tokens;
+}
+
+double Trainer::train_step(int64_t step, const MicroStep& micro_step) {
+  const std::vector<int64_t> samples = step_samples(step, dp_.rank());
+  const double tokens = step_tokens(step);
+  if (tokens == 0) throw Error(fmt::format("training step {} has no tokens to learn from", step));
+  double loss_sum = 0;
+  for (size_t first = 0; first < samples.size(); first += settings_.micro_batch) {
+    const auto begin = samples.begin() + static_cast<std::ptrdiff_t>(first);
+    loss_sum += micro_step(std::vector<int64_t>(begin, begin + settings_.micro_batch), tokens);
+  }
+  DistributedAdamW& optimizer = *state_->optimizer;
+  const double norm = optimizer.reduce_gradients();
+  if (!std::isfinite(norm)) throw Error(fmt::format("the gradient norm is {} at training step {}", norm, step));
+  const double scale = settings_.max_grad_norm > 0 && norm > settings_.max_grad_norm
+                           ? settings_.max_grad_norm / (norm + 1e-6)  // torch's clip_grad_norm_
+                           : 1.0;
+  const double lr = scheduled_lr(settings_.schedule, step, total_steps_, settings_.warmup_steps, settings_.lr,
+                                 settings_.min_lr);
+  optimizer.step(lr, scale);
+  optimizer.zero_grad();
+  torch::Tensor total = torch::tensor({loss_sum}, torch::kDouble);
+  dp_.all_reduce(total, dist::ReduceOp::kSum);
+  log::debug(fmt::format("step {}: loss {:.5f}, grad norm {:.4g}, lr {:.3g}", step + 1,
+                         total.item<double>() / tokens, norm, lr));
+  return total.item<double>() / tokens;
+}
+
+bool Trainer::stop_requested() {
+  torch::Tensor flag = torch::tensor({StopSignalGuard::raised() ? 1 : 0}, torch::kInt);
+  tp_.all_reduce(flag, dist::ReduceOp::kMax);
+  dp_.all_reduce(flag, dist::ReduceOp::kMax);
+  return flag.item<int>() != 0;
+}
+
+TrainResult Trainer::run(const MicroStep& micro_step) {
+  StopSignalGuard signals;
+  TrainResult result;
+  result.total_steps = total_steps_;
+  log::Progress progress("train", total_steps_, "steps");
+  progress.update(state_->steps_done);
+  const auto start = std::chrono::steady_clock::now();
+  double tokens_run = 0;
+  while (state_->steps_done < total_steps_) {
+    if (stop_requested()) {
+      log::warn(fmt::format("stop signal received: saving a checkpoint of step {} of {}", state_->steps_done, total_steps_));
+      save_checkpoint();
+      result.stopped = true;
+      break;
+    }
+    const int64_t step = state_->steps_done;
+    state_->last_loss = train_step(step, micro_step);
+    result.losses.push_back(state_->last_loss);
+    state_->steps_done = step + 1;
+    tokens_run += step_tokens(step);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    progress.set_detail(fmt::format("loss {:.4f}, {:.0f} tokens/s", state_->last_loss, tokens_run / std::max(seconds, 1e-9)));
+    progress.update(state_->steps_done);
+    const bool periodic = settings_.save_every > 0 && state_->steps_done % settings_.save_every == 0;
+    if (periodic || state_->steps_done == total_steps_) save_checkpoint();
+  }
+  result.steps_done = state_->steps_done;
+  result.last_loss = state_->last_loss;
+  return result;
+}
+
+// ---- checkpoints ---------------------------------------------------------------------------------------------
+//
+// <checkpoint_dir>/step-NNNNNNNN/ holds one model file per TP rank (written by DP rank 0), one optimizer file per
+// rank, trainer_state.json and the resolved config; <checkpoint_dir>/latest names the newest complete one and is
+// written last, so a crash while saving leaves the previous checkpoint in charge.
+
+void Trainer::save_checkpoint() {
+  if (checkpoint_dir_.empty()) return;
+  const fs::path dir = fs::path(checkpoint_dir_) / step_dir_name(state_->steps_done);
+  const std::map<std::string, std::string> metadata{{"step", std::to_string(state_->steps_done)}};
+  if (dp_.rank() == 0) {
+    std::vector<std::pair<std::string, torch::Tensor>> params;
+    for (const OptimizedParameter& p : trainable_parameters(model_))
+      params.emplace_back(p.name, p.param.detach().to(torch::kCPU));
+    io::save_safetensors_file((dir / model_file_name(tp_.rank(), tp_.size())).string(), params, metadata);
+  }
+  io::save_safetensors_file((dir / optimizer_file_name(tp_.rank(), dp_.rank())).string(), state_->optimizer->state(),
+                            metadata);
+  tp_.barrier();
+  dp_.barrier();
+  if (tp_.rank() != 0 || dp_.rank() != 0) return;
+  json state = {{"step", state_->steps_done},      {"total_steps", total_steps_},
+                {"tp", tp_.size()},                {"dp", dp_.size()},
+                {"zero", settings_.zero},          {"bucket_sizes", state_->optimizer->bucket_sizes()},
+                {"global_batch", settings_.global_batch}, {"corpus", corpus_.path()},
+                {"corpus_samples", corpus_.num_samples()}, {"loss", state_->last_loss},
+                {"complete", state_->steps_done == total_steps_}};
+  write_file_atomically((dir / kStateFile).string(), state.dump(2) + "\n");
+  if (!resolved_config_.empty()) write_file_atomically((dir / config::kResolvedConfigName).string(), resolved_config_);
+  write_file_atomically((fs::path(checkpoint_dir_) / kLatestFile).string(), step_dir_name(state_->steps_done) + "\n");
+  log::info(fmt::format("checkpoint of step {} saved to {}", state_->steps_done, dir.string()));
+
+  std::vector<fs::path> steps;
+  for (const auto& entry : fs::directory_iterator(checkpoint_dir_))
+    if (entry.is_directory() && entry.path().filename().string().rfind("step-", 0) == 0) steps.push_back(entry.path());
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + settings_.keep_checkpoints < steps.size(); ++i) fs::remove_all(steps[i]);
+}
+
+namespace {
+
+// The checkpoint's trainer_state.json must describe this job's layout: the optimizer shards depend on it.
+void check_layout(const json& saved, const fs::path& file, const std::vector<std::pair<std::string, json>>& expected) {
+  for (const auto& [key, value] : expected) {
+    if (!saved.contains(key))
+      throw Error(fmt::format("checkpoint state '{}' has no '{}'; expected {}", file.string(), key, value.dump()));
+    if (saved[key] != value)
+      throw UsageError(fmt::format("cannot resume from '{}': it was saved with {} = {}, this job has {}", file.string(),
+                                   key, saved[key].dump(), value.dump()));
+  }
+}
+
+}  // namespace
+
+bool Trainer::resume() {
+  if (checkpoint_dir_.empty()) return false;
+  const fs::path latest = fs::path(checkpoint_dir_) / kLatestFile;
+  if (!fs::exists(latest)) {
+    log::info(fmt::format("no checkpoint under {}: starting from step 0", checkpoint_dir_));
+    return false;
+  }
+  std::string name = read_text(latest);
+  name.erase(name.find_last_not_of(" \n\r\t") + 1);
+  const fs::path dir = fs::path(checkpoint_dir_) / name;
+  const fs::path state_file = dir / kStateFile;
+  json saved;
+  try {
+    saved = json::parse(read_text(state_file));
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("checkpoint state '{}' is not valid JSON: {}", state_file.string(), e.what()));
+  }
+  check_layout(saved, state_file,
+               {{"tp", tp_.size()}, {"dp", dp_.size()}, {"zero", settings_.zero},
+                {"bucket_sizes", state_->optimizer->bucket_sizes()}, {"global_batch", settings_.global_batch},
+                {"corpus_samples", corpus_.num_samples()}});
+  const int64_t step = saved.at("step").get<int64_t>();
+
+  torch::NoGradGuard no_grad;
+  io::SafetensorsFile model_file((dir / model_file_name(tp_.rank(), tp_.size())).string());
+  for (const OptimizedParameter& p : trainable_parameters(model_)) model_file.read_into(p.name, p.param.detach());
+  io::SafetensorsFile optimizer_file((dir / optimizer_file_name(tp_.rank(), dp_.rank())).string());
+  state_->optimizer->load_state(read_all(optimizer_file), step);
+  state_->steps_done = step;
+  state_->last_loss = saved.value("loss", 0.0);
+  log::info(fmt::format("resumed from {} (step {} of {})", dir.string(), step, total_steps_));
+  return true;
+}
+
+}  // namespace qforge::train

@@ -1,0 +1,128 @@
+// The training loop shared by every method: a fixed, seeded data order over a corpus, dealt to DP ranks;
+// gradient accumulation over micro-batches; DP gradient reduction in buckets; global-norm clipping over TP and
+// DP; AdamW with a warmup/decay schedule and ZeRO-1 state (optimizer.h); per-rank checkpoints that resume
+// bit for bit; SIGTERM (a Slurm time limit) saves a checkpoint and returns.
+//
+// What a micro-batch computes is the method's business: it gets the sample indices and the number of tokens the
+// whole optimizer step covers (over all DP ranks), runs forward and backward of sum(loss) / that number, and
+// returns its local sum of losses. The step's loss is then a per-token mean that does not depend on the DP size
+// or the micro-batch split.
+#pragma once
+
+#include "framework/config/config.h"
+#include "framework/dist/communicator.h"
+#include "framework/io/corpus.h"
+#include "framework/model/transformer.h"
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace qforge::train {
+
+struct TrainSettings {  // config section `train`
+  int64_t global_batch = 32;  // samples per optimizer step, over all DP ranks
+  int64_t micro_batch = 1;    // samples per forward pass on one rank
+  int64_t epochs = 1;
+  int64_t max_steps = 0;      // > 0: stop after this many steps (the schedule spans them)
+  double lr = 2e-5;
+  double min_lr = 0.0;
+  std::string schedule = "cosine";  // cosine, linear, constant
+  int64_t warmup_steps = 0;
+  double weight_decay = 0.0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double max_grad_norm = 1.0;  // 0: no clipping
+  bool zero = true;            // shard optimizer state across DP ranks (ZeRO-1)
+  double bucket_mb = 64;       // fp32 gradient bucket size for the DP reduction
+  bool recompute = false;      // recompute each decoder block's activations in the backward pass
+  int64_t seed = 0;            // data order
+  int64_t save_every = 0;      // steps between checkpoints; 0: only at the end and on SIGTERM
+  int64_t keep_checkpoints = 2;
+
+  template <class V>
+  void visit(V& v) {
+    v("global_batch", global_batch, config::at_least(1));
+    v("micro_batch", micro_batch, config::at_least(1));
+    v("epochs", epochs, config::at_least(1));
+    v("max_steps", max_steps, config::at_least(0));
+    v("lr", lr, config::at_least(0));
+    v("min_lr", min_lr, config::at_least(0));
+    v("schedule", schedule, config::one_of({"cosine", "linear", "constant"}));
+    v("warmup_steps", warmup_steps, config::at_least(0));
+    v("weight_decay", weight_decay, config::at_least(0));
+    v("beta1", beta1, config::at_least(0));
+    v("beta2", beta2, config::at_least(0));
+    v("eps", eps, config::at_least(0));
+    v("max_grad_norm", max_grad_norm, config::at_least(0));
+    v("zero", zero);
+    v("bucket_mb", bucket_mb, [](double mb) { return mb > 0 ? std::string() : std::string("> 0"); });
+    v("recompute", recompute);
+    v("seed", seed, config::at_least(0));
+    v("save_every", save_every, config::at_least(0));
+    v("keep_checkpoints", keep_checkpoints, config::at_least(1));
+  }
+};
+
+// Forward + backward of one micro-batch: `samples` are corpus indices, `step_tokens` the tokens the whole
+// optimizer step covers. Returns the local sum of per-token losses.
+using MicroStep = std::function<double(const std::vector<int64_t>& samples, double step_tokens)>;
+
+struct TrainResult {
+  int64_t steps_done = 0;   // optimizer steps completed, resumed ones included
+  int64_t total_steps = 0;
+  bool stopped = false;      // a stop signal arrived; a checkpoint of steps_done was saved
+  double last_loss = 0.0;    // mean per-token loss of the last step
+  std::vector<double> losses;  // per step run in this call
+};
+
+class Trainer {
+ public:
+  // `tokens_of(length)`: tokens a sample of that length contributes to the loss. `checkpoint_dir` empty: no
+  // checkpoints. `resolved_config` is saved beside each checkpoint.
+  Trainer(TrainSettings settings, model::CausalLM& model, dist::Communicator& dp, const io::CorpusReader& corpus,
+          std::function<int64_t(int64_t length)> tokens_of, std::string checkpoint_dir, std::string resolved_config);
+  ~Trainer();
+
+  int64_t total_steps() const { return total_steps_; }
+  // Loads the newest checkpoint under checkpoint_dir when there is one (false otherwise). Collective.
+  bool resume();
+  TrainResult run(const MicroStep& micro_step);
+  // Writes a checkpoint of the current state (steps_done()). Collective.
+  void save_checkpoint();
+  int64_t steps_done() const;
+
+ private:
+  std::vector<int64_t> step_samples(int64_t step, int dp_rank) const;
+  double step_tokens(int64_t step) const;
+  double train_step(int64_t step, const MicroStep& micro_step);
+  bool stop_requested();
+
+  TrainSettings settings_;
+  model::CausalLM& model_;
+  dist::Communicator& tp_;
+  dist::Communicator& dp_;
+  const io::CorpusReader& corpus_;
+  std::function<int64_t(int64_t)> tokens_of_;
+  std::string checkpoint_dir_;
+  std::string resolved_config_;
+  int64_t steps_per_epoch_ = 0;
+  int64_t total_steps_ = 0;
+  mutable std::vector<std::vector<int64_t>> epoch_cache_;  // [dp rank] order of the cached epoch
+  mutable int64_t cached_epoch_ = -1;
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Sets a flag on SIGTERM (and SIGUSR1, which `sbatch --signal` can send early) while alive; the previous
+// handlers come back on destruction.
+class StopSignalGuard {
+ public:
+  StopSignalGuard();
+  ~StopSignalGuard();
+  static bool raised();
+  static void reset();  // tests
+};
+
+}  // namespace qforge::train
