@@ -8,6 +8,7 @@
 #include "framework/model/checkpoint_io.h"
 #include "framework/model/generation.h"
 #include "framework/tokenizer/tokenizer.h"
+#include "quant/qat.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -26,18 +27,6 @@ std::string required_option(const CommandContext& context, const std::string& na
   return it->second;
 }
 
-const std::string& required_setting(const std::string& value, const char* key, const char* option) {
-  if (value.empty()) throw UsageError(fmt::format("{} is required (config key {}, or --{})", key, key, option));
-  return value;
-}
-
-void write_outputs(const CommandContext& context, const std::string& name, const std::string& contents) {
-  const std::string& dir = context.config.output.dir;
-  if (dir.empty() || context.runtime.rank() != 0) return;
-  write_file_atomically((fs::path(dir) / name).string(), contents);
-  config::save_resolved(config::to_yaml(context.config), dir);
-  log::info("wrote {} and {} to {}", name, config::kResolvedConfigName, dir);
-}
 
 int run_convert(CommandContext& context) {
   const std::string& format = context.line.positionals.at(0);
@@ -60,6 +49,10 @@ int run_eval(CommandContext& context) {
   required_setting(c.eval.text, "eval.text", "text");
   dist::Grid grid(context.runtime, c.parallel.tp);
   auto model = load_model(context, grid);
+  const quant::AttachReport quantized = quant::attach_quantizers(*model, c.quant);
+  if (quantized.quantized_linears > 0 || quantized.attention_layers > 0)
+    log::info("fake-quantized W-A-KV {}: {} linear layers, {} attention layers", c.quant.bits,
+              quantized.quantized_linears, quantized.attention_layers);
   auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
   torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
   const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model->config().max_positions;
@@ -69,7 +62,7 @@ int run_eval(CommandContext& context) {
   const std::string report = fmt::format("perplexity of {}: {} tokens scored in {} windows of {}, mean NLL {:.4f} nats/token, perplexity {:.4f}\n",
                                          c.eval.text, r.tokens, r.windows, seq_len, r.mean_nll, r.perplexity);
   if (context.runtime.rank() == 0) std::fputs(report.c_str(), stdout);
-  nlohmann::json json = {{"text", c.eval.text}, {"model", c.model.path}, {"seq_len", seq_len}, {"windows", r.windows},
+  nlohmann::json json = {{"text", c.eval.text}, {"model", c.model.path}, {"quant", c.quant.bits}, {"seq_len", seq_len}, {"windows", r.windows},
                          {"tokens", r.tokens}, {"mean_nll", r.mean_nll}, {"perplexity", r.perplexity}};
   write_outputs(context, "perplexity.json", json.dump(2) + "\n");
   return 0;
@@ -94,6 +87,19 @@ int run_generate_text(CommandContext& context) {
 }
 
 }  // namespace
+
+const std::string& required_setting(const std::string& value, const char* key, const char* option) {
+  if (value.empty()) throw UsageError(fmt::format("{} is required (config key {}, or --{})", key, key, option));
+  return value;
+}
+
+void write_outputs(const CommandContext& context, const std::string& name, const std::string& contents) {
+  const std::string& dir = context.config.output.dir;
+  if (dir.empty() || context.runtime.rank() != 0) return;
+  write_file_atomically((fs::path(dir) / name).string(), contents);
+  config::save_resolved(config::to_yaml(context.config), dir);
+  log::info("wrote {} and {} to {}", name, config::kResolvedConfigName, dir);
+}
 
 std::string tokenizer_path(const ModelSettings& model) {
   if (!model.tokenizer.empty()) return model.tokenizer;
@@ -121,15 +127,17 @@ std::vector<Command> model_commands() {
   const OptionSpec model_option{"model", true, "Hugging Face checkpoint directory", "model.path"};
   const OptionSpec tokenizer_option{"tokenizer", true, "tokenizer.model or tokenizer.bin (default: the model's)",
                                     "model.tokenizer"};
+  const OptionSpec quant_option{"quant", true, "fake-quantize weights, activations, KV cache: W-A-KV bits, e.g. 4-8-4",
+                                 "quant.bits"};
   return {
       {{"convert", "import a checkpoint: convert llama2c --in X.bin --tokenizer T.bin --out DIR",
         {{"in", true, "the checkpoint to import"}, {"out", true, "output directory (Hugging Face layout)"},
          {"tokenizer", true, "tokenizer to copy beside it"}},
         {"format"}},
        run_convert},
-      {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N]",
+      {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N] [--quant W-A-KV]",
         {model_option, tokenizer_option, {"text", true, "text file", "eval.text"}, {"seq-len", true, "window length", "eval.seq_len"},
-         {"batch-size", true, "windows per forward pass", "eval.batch_size"}},
+         {"batch-size", true, "windows per forward pass", "eval.batch_size"}, quant_option},
         {"task"}},
        run_eval},
       {{"generate-text", "continue a prompt: generate-text --model DIR --prompt TEXT",
@@ -148,6 +156,13 @@ std::vector<Command> model_commands() {
       {{"show-corpus", "print decoded samples of a corpus: show-corpus --corpus FILE.h5 --model DIR [--count N]",
         {model_option, tokenizer_option, {"corpus", true, "corpus file (HDF5)"}, {"count", true, "samples to print (3)"}}},
        run_show_corpus},
+      {{"qat", "quantization-aware training by distillation (LLM-QAT): qat --model DIR --corpus FILE.h5 --output DIR --quant 4-8-4",
+        {model_option, tokenizer_option, quant_option, {"corpus", true, "corpus file (HDF5) from qforge generate", "distill.corpus"},
+         {"teacher", true, "model (run the teacher) or corpus (its stored top-K)", "distill.teacher"},
+         {"output", true, "output directory", "output.dir"}, {"lr", true, "peak learning rate", "train.lr"},
+         {"max-steps", true, "stop after N steps (0: the epochs)", "train.max_steps"},
+         {"resume", false, "continue from the newest checkpoint in output.dir/checkpoints"}}},
+       run_qat},
   };
 }
 

@@ -18,6 +18,12 @@ std::string tokenizer_path(const ModelSettings& model);
 // model.path loaded over the grid's TP group with model.dtype on model.device.
 std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid);
 
+// `value`, or a UsageError naming the config key and its command-line option when it is empty.
+const std::string& required_setting(const std::string& value, const char* key, const char* option);
+// Rank 0 writes output.dir/`name` and the resolved config beside it (nothing when output.dir is empty).
+void write_outputs(const CommandContext& context, const std::string& name, const std::string& contents);
+
 int run_generate(CommandContext& context);     // generate_command.cpp
 int run_show_corpus(CommandContext& context);  // generate_command.cpp
+int run_qat(CommandContext& context);          // qat_command.cpp
 }  // namespace qforge

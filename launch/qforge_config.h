@@ -3,7 +3,10 @@
 #pragma once
 
 #include "distill/corpus_generator.h"
+#include "distill/distillation.h"
 #include "framework/config/settings.h"
+#include "framework/train/trainer.h"
+#include "quant/qat.h"
 
 namespace qforge {
 
@@ -16,6 +19,9 @@ struct QforgeConfig {
   EvalSettings eval;
   GenerateTextSettings generate_text;
   distill::CorpusSettings generate;
+  quant::QuantSettings quant;
+  distill::DistillSettings distill;
+  train::TrainSettings train;
 
   template <class V>
   void visit(V& v) {
@@ -27,6 +33,9 @@ struct QforgeConfig {
     v("eval", eval);
     v("generate_text", generate_text);
     v("generate", generate);
+    v("quant", quant);
+    v("distill", distill);
+    v("train", train);
   }
 };
 

@@ -182,6 +182,59 @@ assert (f['tokens'][...] == h5py.File(sys.argv[2])['tokens'][...]).all()
     /usr/bin/python3 "$reference" "$work/whole.h5" >"$work/dump-whole.json"
     cmp -s "$work/dump-killed.json" "$work/dump-whole.json"
     check "killed and resumed corpus equals an uninterrupted run's" $?
+
+    # QAT by distillation on stories260K (corpus above: 160 samples x 64 tokens, 2 epochs of 8-sample steps).
+    qat() {  # qat RANKS TP OUTDIR [options...]
+      local ranks=$1 tp=$2 out=$3; shift 3
+      "${MPI[@]}" -np "$ranks" "$QFORGE" qat --model "$work/stories" --corpus "$work/whole.h5" --output "$out" \
+        --quant 4-8-4 --lr 1e-3 --set train.global_batch=8 --set train.epochs=2 --set parallel.tp="$tp" \
+        --set runtime.threads=1 --set log.progress_interval_s=0 "$@"
+    }
+    run "$work/out" "$work/err" -- qat 4 2 "$work/qat-whole"
+    student="$work/qat-whole/student/model.safetensors"
+    [ $code -eq 0 ] && [ -f "$student" ] && [ -f "$work/qat-whole/packed/quantization.json" ] \
+      && grep -q "train: 40/40 steps" "$work/err" && grep -q "student, packed 4-8-4" "$work/out"
+    check "qat 4-8-4 on TP 2 x DP 2: 40 steps, student and packed exports, sizes printed" $? || show
+    grep -A3 "^model size" "$work/out"
+    run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/qat-whole/student" --text "$text" --seq-len 128 --quant 4-8-4
+    [ $code -eq 0 ] && grep -q "fake-quantized W-A-KV 4-8-4: 35 linear layers, 5 attention layers" "$work/err" \
+      && grep -q "^perplexity of" "$work/out"
+    check "eval ppl of the QAT student with its quantizers active" $? || show
+
+    # SIGTERM to every rank (what Slurm sends at the time limit): a checkpoint, exit 0; --resume finishes the run
+    # and ends bit for bit where the uninterrupted one did.
+    qat 4 2 "$work/qat-term" >"$work/out" 2>"$work/err" &
+    job=$!
+    for _ in $(seq 1 600); do grep -q "train: [3-9]/40\|train: [1-9][0-9]/40" "$work/err" && break; sleep 0.05; done
+    pkill -TERM -f "^$QFORGE qat .*qat-term"
+    wait "$job"; code=$?
+    [ $code -eq 0 ] && grep -q "stop signal received" "$work/err" && grep -q "rerun with --resume" "$work/err" \
+      && [ -f "$work/qat-term/checkpoints/latest" ] && [ ! -e "$work/qat-term/student" ]
+    check "SIGTERM during qat: checkpoint of $(cat "$work/qat-term/checkpoints/latest" 2>/dev/null), exit 0, no export" $? || show
+    run "$work/out" "$work/err" -- qat 4 2 "$work/qat-term" --resume
+    [ $code -eq 0 ] && grep -q "resumed from" "$work/err" && cmp -s "$student" "$work/qat-term/student/model.safetensors"
+    check "qat --resume after SIGTERM: the same student, byte for byte" $? || show
+
+    # kill -9 of one rank with a checkpoint every 5 steps: the job dies; --resume gives the same student.
+    qat 2 1 "$work/qat-kill" --set train.save_every=5 >"$work/out" 2>"$work/err" &
+    job=$!
+    for _ in $(seq 1 600); do [ -f "$work/qat-kill/checkpoints/latest" ] && grep -q "train: 1[2-9]/40\|train: [2-9][0-9]/40" "$work/err" && break; sleep 0.05; done
+    kill -9 "$(pgrep -f "^$QFORGE qat .*qat-kill" | head -n 1)"
+    wait "$job"; killed=$?
+    run "$work/out" "$work/err" -- qat 2 1 "$work/qat-kill" --set train.save_every=5 --resume
+    grep -o "resumed from .*" "$work/err"
+    [ $killed -ne 0 ] && [ $code -eq 0 ] && grep -q "resumed from .*step-000000[1-9][05]" "$work/err"
+    check "kill -9 during qat, then --resume: completes from the last checkpoint" $? || show
+    run "$work/out" "$work/err" -- qat 2 1 "$work/qat-dp2"
+    cmp -s "$work/qat-dp2/student/model.safetensors" "$work/qat-kill/student/model.safetensors"
+    check "the killed and resumed student equals an uninterrupted run's, byte for byte" $? || show
+
+    run "$work/out" "$work/err" -- "$QFORGE" qat --model "$work/stories" --corpus "$work/whole.h5" --output "$work/q" --quant 4-8
+    [ $code -eq 2 ] && [ "$(wc -l <"$work/err")" -eq 1 ] && grep -q "quant.bits" "$work/err"
+    check "qat --quant 4-8: one error line naming quant.bits, exit 2" $? || show
+    run "$work/out" "$work/err" -- "$QFORGE" qat --model "$work/stories" --corpus "$work/nothing.h5" --output "$work/q"
+    [ $code -ne 0 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] && grep -q "nothing.h5" "$work/err" && [ ! -e "$work/q/student" ]
+    check "qat with a missing corpus: one error naming the file, no output" $? || show
   else
     echo "skip corpus checks (/usr/bin/python3 has no h5py)"
   fi

@@ -1,0 +1,146 @@
+// QAT step cost: full distillation steps (teacher forward, student forward and backward, sharded KD loss, AdamW)
+// on the same random LLaMA model with quantizers off and at several W-A-KV settings, in one run. Prints the step
+// time, tokens/s, the ratio to full precision and the share of the step spent in matrix products (aten::mm,
+// addmm, bmm, baddbmm timed by a RecordFunction observer during separate, observed steps).
+//   bench_qat [--hidden H] [--layers K] [--vocab V] [--seq-len L] [--batch B] [--steps N] [--threads T]
+#include "distill/distillation.h"
+#include "framework/dist/runtime.h"
+#include "framework/io/corpus.h"
+#include "framework/log/log.h"
+#include "framework/system/system_info.h"
+#include "framework/train/trainer.h"
+#include "quant/qat.h"
+
+#include <ATen/record_function.h>
+#include <fmt/format.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <unistd.h>
+
+namespace {
+namespace fs = std::filesystem;
+using namespace qforge;
+
+int64_t option(int argc, char** argv, const char* name, int64_t fallback) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], name) == 0) return std::atoll(argv[i + 1]);
+  return fallback;
+}
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Wall time inside matrix-product kernels, summed over threads that call them (the autograd engine included).
+std::atomic<int64_t> matmul_ns{0};
+thread_local double matmul_started = 0;
+bool is_matmul(const char* name) {
+  for (const char* op : {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
+    if (std::strcmp(name, op) == 0) return true;
+  return false;
+}
+std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction& fn) {
+  if (is_matmul(fn.name())) matmul_started = now_s();
+  return nullptr;
+}
+void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
+  if (is_matmul(fn.name())) matmul_ns += static_cast<int64_t>((now_s() - matmul_started) * 1e9);
+}
+
+std::string write_corpus(const fs::path& dir, int64_t samples, int64_t seq_len, int64_t vocab) {
+  io::CorpusIdentity identity;
+  identity.num_samples = samples;
+  identity.seq_len = seq_len;
+  identity.vocab_size = vocab;
+  std::mt19937_64 rng(1);
+  std::map<int64_t, std::vector<int32_t>> tokens;
+  for (int64_t i = 0; i < samples; ++i) {
+    std::vector<int32_t> sample(seq_len);
+    for (int32_t& t : sample) t = static_cast<int32_t>(rng() % vocab);
+    tokens[i] = sample;
+  }
+  const std::string path = (dir / "bench_corpus.h5").string();
+  io::write_corpus_file(path, identity, tokens);
+  return path;
+}
+
+struct Measurement {
+  double step_s, tokens_per_s, matmul_share;
+};
+
+// `steps` timed distillation steps (after one untimed), then two observed ones for the matmul share.
+Measurement measure(model::CausalLM& student, model::CausalLM& teacher, const io::CorpusReader& corpus,
+                    const train::TrainSettings& base, int64_t steps) {
+  distill::DistillSettings distill_settings;
+  train::MicroStep step = distill::distillation_step(student, &teacher, corpus, distill_settings);
+  auto run = [&](int64_t count) {
+    train::TrainSettings s = base;
+    s.max_steps = count;
+    train::Trainer trainer(s, student, student.tp(), corpus, distill::distilled_tokens, "", "");
+    const double start = now_s();
+    trainer.run(step);
+    return now_s() - start;
+  };
+  run(1);
+  const double seconds = run(steps);
+  const double tokens = static_cast<double>(steps * base.global_batch * (corpus.seq_len() - 1));
+  matmul_ns = 0;
+  at::CallbackHandle handle = at::addGlobalCallback(at::RecordFunctionCallback(on_enter, on_exit));
+  const double observed = run(2);
+  at::removeCallback(handle);
+  return {seconds / steps, tokens / seconds, static_cast<double>(matmul_ns.load()) * 1e-9 / observed};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dist::Runtime runtime(&argc, &argv);
+  log::Options quiet;
+  quiet.level = log::Level::kWarn;  // no training progress lines between the figures
+  log::configure(quiet);
+  const int threads = sys::configure_threads(static_cast<int>(option(argc, argv, "--threads", 0)), runtime.local_size());
+  model::ModelConfig config;
+  config.vocab_size = option(argc, argv, "--vocab", 4096);
+  config.hidden_size = option(argc, argv, "--hidden", 256);
+  config.intermediate_size = config.hidden_size * 8 / 3 / 32 * 32;
+  config.num_layers = option(argc, argv, "--layers", 4);
+  config.num_heads = config.hidden_size / 32;
+  config.num_kv_heads = config.num_heads;
+  config.max_positions = 1024;
+  const int64_t seq_len = option(argc, argv, "--seq-len", 128), batch = option(argc, argv, "--batch", 4);
+  const int64_t steps = option(argc, argv, "--steps", 5);
+
+  const fs::path dir = fs::temp_directory_path() / fmt::format("qforge_bench_qat_{}", ::getpid());
+  fs::create_directories(dir);
+  io::CorpusReader corpus(write_corpus(dir, batch * (steps + 3), seq_len, config.vocab_size));
+  train::TrainSettings settings;
+  settings.global_batch = batch;
+  settings.micro_batch = batch;
+  settings.lr = 1e-5;
+
+  model::CausalLM teacher(config, runtime.self()), student(config, runtime.self());
+  model::init_random(teacher, 1);
+  for (auto& p : teacher.parameters()) p.requires_grad_(false);
+  std::printf("model: hidden %lld, %lld layers, vocab %lld; %lld samples x %lld tokens per step; %d threads\n",
+              static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_layers),
+              static_cast<long long>(config.vocab_size), static_cast<long long>(batch), static_cast<long long>(seq_len),
+              threads);
+  std::printf("%-34s %10s %12s %10s %14s\n", "quantizers (W-A-KV)", "step ms", "tokens/s", "vs off", "in matmul");
+  double baseline = 0;
+  for (const char* bits : {"16-16-16", "4-8-4", "4-8-8", "8-8-4", "4-16-16"}) {
+    model::init_random(student, 1);
+    quant::QuantSettings q;
+    q.bits = bits;
+    quant::attach_quantizers(student, q);
+    const Measurement m = measure(student, teacher, corpus, settings, steps);
+    if (baseline == 0) baseline = m.step_s;
+    std::printf("%-34s %10.1f %12.0f %9.2fx %13.1f%%\n",
+                std::strcmp(bits, "16-16-16") == 0 ? "off (full precision)" : bits, m.step_s * 1e3, m.tokens_per_s,
+                m.step_s / baseline, 100 * m.matmul_share);
+  }
+  fs::remove_all(dir);
+  return 0;
+}

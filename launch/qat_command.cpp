@@ -1,0 +1,115 @@
+// qforge qat: quantization-aware training with knowledge distillation (LLM-QAT stage 2). The student is the
+// teacher's checkpoint with fake quantizers attached (quant section); it learns the teacher's soft labels on the
+// generated corpus (distill section) under the trainer (train section). Outputs under output.dir: checkpoints/,
+// student/ (Hugging Face safetensors of the fake-quantized weights, loadable by every qforge command), packed/
+// (integer codes and scales) and qat.json.
+#include "launch/model_commands.h"
+
+#include "distill/distillation.h"
+#include "framework/common/error.h"
+#include "framework/io/corpus.h"
+#include "framework/log/log.h"
+#include "framework/model/checkpoint_io.h"
+#include "framework/train/trainer.h"
+#include "quant/pack.h"
+#include "quant/qat.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+
+namespace qforge {
+namespace fs = std::filesystem;
+namespace {
+
+int64_t directory_bytes(const fs::path& dir) {
+  int64_t bytes = 0;
+  if (!fs::exists(dir)) return 0;
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    if (entry.is_regular_file()) bytes += static_cast<int64_t>(entry.file_size());
+  return bytes;
+}
+
+std::string gigabytes(int64_t bytes) { return fmt::format("{:.6f} GB", static_cast<double>(bytes) / 1e9); }
+
+// Replaces every quantized weight by its fake-quantized value (collective over TP: ranges may be reduced).
+void bake_weight_quantizers(model::CausalLM& model) {
+  torch::NoGradGuard no_grad;
+  for (quant::LinearSite& site : quant::decoder_linears(model))
+    if (site.weight_hook && *site.weight_hook) site.weight.copy_((*site.weight_hook)(site.weight));
+}
+
+void freeze(model::CausalLM& model) {
+  for (auto& p : model.parameters()) p.requires_grad_(false);
+}
+
+// The student's exports, written by DP group 0: packed integer weights first (from the trained weights), then the
+// weights replaced by their fake-quantized values, saved as an ordinary Hugging Face checkpoint.
+nlohmann::json export_student(CommandContext& context, model::CausalLM& student, dist::Grid& grid) {
+  const QforgeConfig& c = context.config;
+  const fs::path out = c.output.dir;
+  const bool writer = grid.dp_rank() == 0;
+  const int64_t packed_bytes = quant::export_packed(student, c.quant, (out / "packed").string(), writer);
+  bake_weight_quantizers(student);
+  model::save_pretrained(student, (out / "student").string(), writer);
+  if (context.runtime.rank() == 0) {
+    const std::string tokenizer = tokenizer_path(c.model);
+    for (const char* dir : {"student", "packed"})
+      fs::copy_file(tokenizer, out / dir / fs::path(tokenizer).filename(), fs::copy_options::overwrite_existing);
+  }
+  context.runtime.world().barrier();
+  const int64_t teacher_bytes = directory_bytes(c.model.path);
+  const int64_t student_bytes = directory_bytes(out / "student");
+  const std::string table = fmt::format(
+      "model size\n  teacher (full precision)        {:>14}  {}\n  student, fake-quantized weights {:>14}  {}\n"
+      "  student, packed {:<15} {:>14}  {}\n",
+      teacher_bytes, gigabytes(teacher_bytes), student_bytes, gigabytes(student_bytes), c.quant.bits, packed_bytes,
+      gigabytes(packed_bytes));
+  if (context.runtime.rank() == 0) std::fputs(table.c_str(), stdout);
+  return {{"teacher_bytes", teacher_bytes}, {"student_bytes", student_bytes}, {"packed_bytes", packed_bytes}};
+}
+
+}  // namespace
+
+int run_qat(CommandContext& context) {
+  const QforgeConfig& c = context.config;
+  required_setting(c.model.path, "model.path", "model");
+  required_setting(c.distill.corpus, "distill.corpus", "corpus");
+  required_setting(c.output.dir, "output.dir", "output");
+  dist::Grid grid(context.runtime, c.parallel.tp);
+  io::CorpusReader corpus(c.distill.corpus);
+
+  auto student = load_model(context, grid);
+  corpus.check_vocabulary(student->config().vocab_size);
+  const quant::AttachReport attached = quant::attach_quantizers(*student, c.quant);
+  log::info("student: W-A-KV {} on {} linear layers and {} attention layers ({})", c.quant.bits,
+            attached.quantized_linears, attached.attention_layers, grid.describe());
+  std::shared_ptr<model::CausalLM> teacher;
+  if (c.distill.teacher == "model") {
+    teacher = load_model(context, grid);
+    freeze(*teacher);
+  }
+
+  train::Trainer trainer(c.train, *student, grid.dp_group(), corpus, distill::distilled_tokens,
+                         (fs::path(c.output.dir) / "checkpoints").string(), config::to_yaml(c));
+  if (context.line.options.count("resume")) trainer.resume();
+  log::info("qat: {} steps of {} samples ({} epoch(s) of {}), teacher from {}", trainer.total_steps(),
+            c.train.global_batch, c.train.epochs, corpus.path(), c.distill.teacher);
+  const train::TrainResult result = trainer.run(distill::distillation_step(*student, teacher.get(), corpus, c.distill));
+  if (result.stopped) {
+    log::warn("qat stopped by a signal after step {} of {}; the checkpoint is saved: rerun with --resume",
+              result.steps_done, result.total_steps);
+    return 0;
+  }
+  nlohmann::json report = {{"steps", result.steps_done}, {"final_loss", result.last_loss}, {"bits", c.quant.bits}};
+  report["sizes"] = export_student(context, *student, grid);
+  if (context.runtime.rank() == 0)
+    std::printf("qat: %lld steps, final distillation loss %.4f; student in %s\n",
+                static_cast<long long>(result.steps_done), result.last_loss, (fs::path(c.output.dir) / "student").c_str());
+  write_outputs(context, "qat.json", report.dump(2) + "\n");
+  return 0;
+}
+
+}  // namespace qforge
