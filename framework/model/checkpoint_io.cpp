@@ -17,6 +17,8 @@ namespace {
 
 std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
+}  // namespace
+
 void load_entry(const WeightEntry& e, const io::Checkpoint& checkpoint, const std::string& dir) {
   if (!checkpoint.contains(e.name))
     throw Error(fmt::format("{}: the checkpoint has no tensor '{}', which config.json implies", dir, e.name));
@@ -33,15 +35,12 @@ void load_entry(const WeightEntry& e, const io::Checkpoint& checkpoint, const st
   if (stored > 0) checkpoint.read_into(e.name, e.param.narrow(e.spec.dim, 0, stored), e.spec.dim, e.spec.start);
 }
 
-// The full tensor of `e`, gathered over the TP group (padding dropped).
 torch::Tensor gather_full(const WeightEntry& e, dist::Communicator& tp) {
   torch::Tensor local = e.param.detach().contiguous();
   if (e.spec.replicated()) return local;
   torch::Tensor full = tp.size() == 1 ? local : tp.all_gather(local, e.spec.dim);
   return full.narrow(e.spec.dim, 0, e.spec.full_extent).contiguous();
 }
-
-}  // namespace
 
 void load_weights(CausalLM& model, const io::Checkpoint& checkpoint, const std::string& dir) {
   torch::NoGradGuard no_grad;

@@ -18,6 +18,13 @@ namespace qforge::model {
 // config.json is an Error naming the tensor and both shapes.
 void load_weights(CausalLM& model, const io::Checkpoint& checkpoint, const std::string& dir);
 
+// Fills this rank's shard of one parameter from `checkpoint` (what load_weights does for each); call it under
+// torch::NoGradGuard.
+void load_entry(const WeightEntry& e, const io::Checkpoint& checkpoint, const std::string& dir);
+
+// The full tensor of `e`, gathered over the TP group (vocabulary padding dropped). Collective over `tp`.
+torch::Tensor gather_full(const WeightEntry& e, dist::Communicator& tp);
+
 // config.json + weights from `dir`, sharded over `tp`, then moved to `device` and `dtype` (fp32 on CPU; bf16 or
 // fp16 on CUDA).
 std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp,

@@ -1,0 +1,199 @@
+#include "quant/qat.h"
+
+#include "framework/common/error.h"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <sstream>
+
+namespace qforge::quant {
+namespace {
+
+const char* bits_expected() { return "W-A-KV bit widths, each 2..8 or 16 for full precision (e.g. 4-8-4)"; }
+
+bool valid_bit_width(int bits) { return bits == 16 || (bits >= 2 && bits <= 8); }
+
+// The three widths of "W-A-KV", or false when `text` is not of that form.
+bool split_bits(const std::string& text, BitWidths& out) {
+  std::vector<int> widths;
+  std::stringstream parts(text);
+  std::string part;
+  while (std::getline(parts, part, '-')) {
+    if (part.empty() || part.size() > 2 || part.find_first_not_of("0123456789") != std::string::npos) return false;
+    widths.push_back(std::stoi(part));
+  }
+  if (widths.size() != 3 || text.back() == '-') return false;
+  for (int w : widths)
+    if (!valid_bit_width(w)) return false;
+  out = {widths[0], widths[1], widths[2]};
+  return true;
+}
+
+Granularity weight_granularity_of(const std::string& name) {
+  if (name == "tensor") return Granularity::kTensor;
+  if (name == "channel") return Granularity::kChannel;
+  if (name == "group") return Granularity::kGroup;
+  throw UsageError(fmt::format("quant.weight_granularity must be one of: tensor, channel, group, got '{}'", name));
+}
+
+Granularity act_granularity_of(const std::string& name) {
+  if (name == "token") return Granularity::kToken;
+  if (name == "tensor") return Granularity::kTensor;
+  throw UsageError(fmt::format("quant.act_granularity must be one of: token, tensor, got '{}'", name));
+}
+
+bool kv_pre_rope(const std::string& place) {
+  if (place == "pre_rope") return true;
+  if (place == "post_rope") return false;
+  throw UsageError(fmt::format("quant.kv_place must be one of: pre_rope, post_rope, got '{}'", place));
+}
+
+std::string without_suffix(const std::string& name, const std::string& suffix) {
+  const bool has = name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return has ? name.substr(0, name.size() - suffix.size()) : name;
+}
+
+using NamesByTensor = std::map<const void*, std::string>;
+
+NamesByTensor names_by_tensor(const model::CausalLM& model) {
+  NamesByTensor names;
+  for (const model::WeightEntry& e : model.weights().entries()) names[e.param.unsafeGetTensorImpl()] = e.name;
+  return names;
+}
+
+template <class Linear>
+LinearSite site_of(Linear& linear, bool row_parallel, const NamesByTensor& names) {
+  auto it = names.find(linear->weight.unsafeGetTensorImpl());
+  QF_CHECK(it != names.end(), "a decoder linear's weight is missing from the model's weight table");
+  return {without_suffix(it->second, ".weight"), row_parallel, linear->weight, &linear->input_hook,
+          &linear->weight_hook};
+}
+
+// The TP group when a range spans a dimension TP splits (and there is more than one rank), else none.
+dist::Communicator* reduce_over(model::CausalLM& model, bool spans_split_dimension) {
+  return spans_split_dimension && model.tp().size() > 1 ? &model.tp() : nullptr;
+}
+
+bool weight_range_spans_split(const LinearSite& site, Granularity granularity) {
+  if (granularity == Granularity::kTensor) return true;
+  return granularity == Granularity::kChannel && site.row_parallel;  // groups always lie inside a shard
+}
+
+void check_groups(const LinearSite& site, const QuantSpec& spec, int tp) {
+  if (!spec.enabled() || spec.granularity != Granularity::kGroup) return;
+  const int64_t rows = site.weight.size(0), columns = site.weight.size(1);
+  if (columns % spec.group_size == 0) return;
+  if (site.row_parallel && tp > 1)
+    throw UsageError(fmt::format("quant.group_size = {} does not divide the {} input columns of {} that each of "
+                                 "parallel.tp = {} ranks holds (weight [{}, {}])",
+                                 spec.group_size, columns, site.name, tp, rows, columns * tp));
+  throw UsageError(fmt::format("quant.group_size = {} does not divide the {} input columns of {} (weight [{}, {}])",
+                               spec.group_size, columns, site.name, site.row_parallel ? rows : rows * tp, columns));
+}
+
+model::TensorHook quantizer_hook(const QuantSpec& spec, dist::Communicator* tp) {
+  if (!spec.enabled()) return {};
+  return [spec, tp](const torch::Tensor& x) { return fake_quantize(x, spec, tp); };
+}
+
+bool attach_to_linear(model::CausalLM& model, const LinearSite& site, const QuantSettings& settings) {
+  if (is_excluded(site.name, settings.exclude)) return false;
+  const QuantSpec weight = settings.weight_spec(), act = settings.act_spec();
+  check_groups(site, weight, model.tp().size());
+  *site.weight_hook = quantizer_hook(weight, reduce_over(model, weight_range_spans_split(site, weight.granularity)));
+  // A row-parallel layer's input holds this rank's slice of the features; a column-parallel one's is whole.
+  *site.input_hook = quantizer_hook(act, reduce_over(model, site.row_parallel));
+  return weight.enabled() || act.enabled();
+}
+
+}  // namespace
+
+BitWidths parse_bits(const std::string& text) {
+  BitWidths widths;
+  if (!split_bits(text, widths))
+    throw UsageError(fmt::format("quant.bits must be {}, got '{}'", bits_expected(), text));
+  return widths;
+}
+
+std::string QuantSettings::bits_format_problem(const std::string& text) {
+  BitWidths unused;
+  return split_bits(text, unused) ? std::string() : bits_expected();
+}
+
+QuantSpec QuantSettings::weight_spec() const {
+  return {parse_bits(bits).weight, weight_symmetric, weight_granularity_of(weight_granularity), group_size, ste_clip};
+}
+
+QuantSpec QuantSettings::act_spec() const {
+  return {parse_bits(bits).act, act_symmetric, act_granularity_of(act_granularity), group_size, ste_clip};
+}
+
+QuantSpec QuantSettings::kv_spec() const {
+  const Granularity granularity = kv_pre_rope(kv_place) ? Granularity::kToken : Granularity::kHead;
+  return {parse_bits(bits).kv, kv_symmetric, granularity, group_size, ste_clip};
+}
+
+std::string QuantSettings::describe() const {
+  std::string kv = quant::describe(kv_spec());
+  if (kv_spec().enabled()) kv += fmt::format(" ({})", kv_place);
+  return fmt::format("W {}, A {}, KV {}", quant::describe(weight_spec()), quant::describe(act_spec()), kv);
+}
+
+bool is_excluded(const std::string& name, const std::vector<std::string>& exclude) {
+  for (const std::string& pattern : exclude)
+    if (!pattern.empty() && name.find(pattern) != std::string::npos) return true;
+  return false;
+}
+
+std::vector<LinearSite> decoder_linears(model::CausalLM& model) {
+  const NamesByTensor names = names_by_tensor(model);
+  std::vector<LinearSite> sites;
+  for (auto& layer : model.layers) {
+    auto& attention = layer->attention;
+    sites.push_back(site_of(attention->q_proj, false, names));
+    sites.push_back(site_of(attention->k_proj, false, names));
+    sites.push_back(site_of(attention->v_proj, false, names));
+    sites.push_back(site_of(attention->o_proj, true, names));
+    auto& mlp = layer->mlp;
+    if (mlp->gate) sites.push_back(site_of(mlp->gate, false, names));
+    sites.push_back(site_of(mlp->up, false, names));
+    sites.push_back(site_of(mlp->down, true, names));
+  }
+  return sites;
+}
+
+AttachReport attach_quantizers(model::CausalLM& model, const QuantSettings& settings) {
+  detach_quantizers(model);
+  AttachReport report;
+  for (const LinearSite& site : decoder_linears(model))
+    if (attach_to_linear(model, site, settings)) ++report.quantized_linears;
+
+  const QuantSpec kv = settings.kv_spec();
+  if (!kv.enabled()) return report;
+  const bool pre_rope = kv.granularity == Granularity::kToken;
+  // Pre-RoPE ranges span every key/value head, which TP splits; post-RoPE ones lie inside one head.
+  dist::Communicator* tp = reduce_over(model, pre_rope);
+  auto hook = [kv, tp](torch::Tensor& keys, torch::Tensor& values) {
+    keys = fake_quantize(keys, kv, tp);
+    values = fake_quantize(values, kv, tp);
+  };
+  for (auto& layer : model.layers) {
+    (pre_rope ? layer->attention->kv_hook_pre_rope : layer->attention->kv_hook_post_rope) = hook;
+    ++report.attention_layers;
+  }
+  return report;
+}
+
+void detach_quantizers(model::CausalLM& model) {
+  for (const LinearSite& site : decoder_linears(model)) {
+    *site.input_hook = nullptr;
+    *site.weight_hook = nullptr;
+  }
+  for (auto& layer : model.layers) {
+    layer->attention->kv_hook_pre_rope = nullptr;
+    layer->attention->kv_hook_post_rope = nullptr;
+  }
+}
+
+}  // namespace qforge::quant
