@@ -12,6 +12,7 @@ DistributedAdamW::DistributedAdamW(std::vector<OptimizedParameter> params, dist:
                                    dist::Communicator& dp, AdamWOptions options, int64_t bucket_elements,
                                    bool shard_state)
     : params_(std::move(params)), tp_(tp), dp_(dp), options_(options), shard_state_(shard_state) {
+  if (!params_.empty()) fp32_ = fp32_.device(params_.front().param.device());
   build_layout(std::max<int64_t>(1, bucket_elements));
 }
 
@@ -25,12 +26,12 @@ void DistributedAdamW::build_layout(int64_t bucket_elements) {
     bucket.size = (used + parts - 1) / parts * parts;
     bucket.owned_size = bucket.size / parts;
     bucket.owned_start = part_index * bucket.owned_size;
-    torch::Tensor full = torch::zeros({bucket.size}, torch::kFloat);
+    torch::Tensor full = torch::zeros({bucket.size}, fp32_);
     for (const Segment& s : bucket.segments)
       full.narrow(0, s.offset, s.numel).copy_(params_[s.param].param.detach().reshape(-1).to(torch::kFloat));
     bucket.master = full.narrow(0, bucket.owned_start, bucket.owned_size).clone();
-    bucket.exp_avg = torch::zeros({bucket.owned_size}, torch::kFloat);
-    bucket.exp_avg_sq = torch::zeros({bucket.owned_size}, torch::kFloat);
+    bucket.exp_avg = torch::zeros({bucket.owned_size}, fp32_);
+    bucket.exp_avg_sq = torch::zeros({bucket.owned_size}, fp32_);
     buckets_.push_back(std::move(bucket));
   };
   Bucket bucket;
@@ -55,7 +56,7 @@ std::vector<int64_t> DistributedAdamW::bucket_sizes() const {
 }
 
 torch::Tensor DistributedAdamW::flat_gradients(const Bucket& bucket) const {
-  torch::Tensor flat = torch::zeros({bucket.size}, torch::kFloat);
+  torch::Tensor flat = torch::zeros({bucket.size}, fp32_);
   for (const Segment& s : bucket.segments) {
     const torch::Tensor& grad = params_[s.param].param.grad();
     if (grad.defined()) flat.narrow(0, s.offset, s.numel).copy_(grad.reshape(-1));
@@ -89,7 +90,7 @@ double DistributedAdamW::reduce_gradients() {
     }
     square_norm += owned_square_norm(bucket);
   }
-  torch::Tensor total = torch::tensor({square_norm}, torch::kDouble);
+  torch::Tensor total = torch::tensor({square_norm}, torch::TensorOptions(torch::kDouble).device(fp32_.device()));
   if (shard_state_) dp_.all_reduce(total, dist::ReduceOp::kSum);
   tp_.all_reduce(total, dist::ReduceOp::kSum);
   return std::sqrt(total.item<double>());

@@ -77,6 +77,7 @@ class DistributedAdamW {
   dist::Communicator& dp_;
   AdamWOptions options_;
   bool shard_state_;
+  torch::TensorOptions fp32_ = torch::TensorOptions(torch::kFloat);  // masters, moments, buckets: the params' device
   std::vector<Bucket> buckets_;
   int64_t steps_ = 0;
 };

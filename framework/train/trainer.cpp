@@ -226,8 +226,9 @@ void Trainer::save_checkpoint() {
       params.emplace_back(p.name, p.param.detach().to(torch::kCPU));
     io::save_safetensors_file((dir / model_file_name(tp_.rank(), tp_.size())).string(), params, metadata);
   }
-  io::save_safetensors_file((dir / optimizer_file_name(tp_.rank(), dp_.rank())).string(), state_->optimizer->state(),
-                            metadata);
+  auto optimizer_state = state_->optimizer->state();
+  for (auto& [name, tensor] : optimizer_state) tensor = tensor.to(torch::kCPU);
+  io::save_safetensors_file((dir / optimizer_file_name(tp_.rank(), dp_.rank())).string(), optimizer_state, metadata);
   tp_.barrier();
   dp_.barrier();
   if (tp_.rank() != 0 || dp_.rank() != 0) return;
