@@ -32,7 +32,7 @@ for bits in 4-8-4 4-8-8 8-8-4 4-16-16; do
   [ -f "qat-$bits/student/model.safetensors" ] || "${MPI[@]}" "$QFORGE" qat --model stories --corpus corpus.h5 \
     --output "qat-$bits" --quant "$bits" --lr "$LR" >"qat-$bits.log" 2>&1
   read -r qat_nll qat_ppl <<<"$(ppl "qat-$bits/student" "$bits")"
-  loss=$(sed -n 's/.*"final_loss": \([0-9.]*\).*/\1/p' "qat-$bits/qat.json")
+  loss=$(sed -n 's/.*"final_loss": \([0-9.]*\).*/\1/p' "qat-$bits/qat.json" | xargs printf "%.4f")
   packed=$(sed -n 's/.*"packed_bytes": \([0-9]*\).*/\1/p' "qat-$bits/qat.json")
   gain=$(awk -v r="$rtn_ppl" -v q="$qat_ppl" 'BEGIN { printf "%.1f%% lower ppl", 100 * (r - q) / r }')
   echo "| $bits | $rtn_ppl ($rtn_nll) | $qat_ppl ($qat_nll) | $gain | $loss | $packed |"

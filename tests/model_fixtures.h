@@ -3,12 +3,18 @@
 
 #include "framework/dist/runtime.h"
 #include "framework/model/model_config.h"
+#include "framework/model/transformer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
 #include <vector>
 
 namespace qforge::model {
@@ -63,6 +69,41 @@ inline void expect_close(const torch::Tensor& actual, const torch::Tensor& expec
   const double max_error = (actual - expected).abs().max().item<double>();
   const double scale = expected.abs().max().item<double>();
   EXPECT_LE(max_error, abs_tol + rel_tol * scale) << what << ": max |error| " << max_error << " at scale " << scale;
+}
+
+// A directory every rank agrees on (named by `tag` and rank 0's pid), created empty, removed at the end.
+class SharedDir {
+ public:
+  explicit SharedDir(const std::string& tag) {
+    torch::Tensor pid = torch::tensor({static_cast<int64_t>(::getpid())});
+    runtime().world().broadcast(pid, 0);
+    path_ = std::filesystem::temp_directory_path() / fmt::format("qforge_{}_{}", tag, pid.item<int64_t>());
+    if (runtime().rank() == 0) {
+      std::filesystem::remove_all(path_);
+      std::filesystem::create_directories(path_);
+    }
+    runtime().world().barrier();
+  }
+  ~SharedDir() {
+    runtime().world().barrier();
+    if (runtime().rank() == 0) std::filesystem::remove_all(path_);
+  }
+  const std::filesystem::path& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Every parameter's full tensor by Hugging Face name, gathered over the model's TP group (padding dropped).
+inline std::map<std::string, torch::Tensor> gathered_weights(CausalLM& model) {
+  std::map<std::string, torch::Tensor> weights;
+  for (const WeightEntry& e : model.weights().entries()) {
+    torch::Tensor t = e.param.detach();
+    if (!e.spec.replicated()) t = model.tp().all_gather(t, e.spec.dim).narrow(e.spec.dim, 0, e.spec.full_extent);
+    weights[e.name] = t.clone();
+  }
+  return weights;
 }
 
 }  // namespace qforge::model

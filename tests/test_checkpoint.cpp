@@ -29,24 +29,6 @@ constexpr double kLogitRelTol = 1e-4;
 // and (measured: 12 MB on 1 rank, 31-35 MB on 2-4 ranks) what the process maps beside, MPI's shared memory.
 constexpr double kLoadSlackMb = 48.0;
 
-// A directory every rank agrees on (named by rank 0's pid), removed at the end.
-class SharedDir {
- public:
-  explicit SharedDir(const std::string& tag) {
-    torch::Tensor pid = torch::tensor({static_cast<int64_t>(::getpid())});
-    runtime().world().broadcast(pid, 0);
-    path_ = (fs::temp_directory_path() / fmt::format("qforge_{}_{}", tag, pid.item<int64_t>())).string();
-  }
-  ~SharedDir() {
-    runtime().world().barrier();
-    if (runtime().rank() == 0) fs::remove_all(path_);
-  }
-  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
-
 ModelConfig small_llama() { return llama(8, 4, /*tied=*/false); }
 
 torch::Tensor logits_of(CausalLM& model, const torch::Tensor& ids) {

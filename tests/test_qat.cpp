@@ -65,16 +65,6 @@ std::string write_corpus(const fs::path& dir) {
   return path;
 }
 
-std::map<std::string, torch::Tensor> full_weights(CausalLM& model) {
-  std::map<std::string, torch::Tensor> weights;
-  for (const model::WeightEntry& e : model.weights().entries()) {
-    torch::Tensor t = e.param.detach();
-    if (!e.spec.replicated()) t = model.tp().all_gather(t, e.spec.dim).narrow(e.spec.dim, 0, e.spec.full_extent);
-    weights[e.name] = t.clone();
-  }
-  return weights;
-}
-
 struct RunResult {
   std::map<std::string, torch::Tensor> weights;
   std::vector<double> losses;
@@ -100,24 +90,13 @@ RunResult distill_on(dist::Communicator& tp, dist::Communicator& dp, const std::
   train::Trainer trainer(s, student, dp, corpus, distilled_tokens, "", "");
   train::TrainResult result =
       trainer.run(distillation_step(student, teacher_mode == "model" ? &teacher : nullptr, corpus, d));
-  return {full_weights(student), result.losses};
+  return {model::gathered_weights(student), result.losses};
 }
 
 class QatTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    torch::Tensor pid = torch::tensor({static_cast<int64_t>(::getpid())});
-    runtime().world().broadcast(pid, 0);
-    dir_ = fs::temp_directory_path() / fmt::format("qforge_qat_{}", pid.item<int64_t>());
-    if (runtime().rank() == 0) fs::create_directories(dir_);
-    runtime().world().barrier();
-    corpus_ = write_corpus(dir_);
-  }
-  void TearDown() override {
-    runtime().world().barrier();
-    if (runtime().rank() == 0) fs::remove_all(dir_);
-  }
-  fs::path dir_;
+  void SetUp() override { corpus_ = write_corpus(dir_.path()); }
+  model::SharedDir dir_{"qat"};
   std::string corpus_;
 };
 

@@ -27,6 +27,7 @@ namespace fs = std::filesystem;
 using model::CausalLM;
 using model::ModelConfig;
 using model::runtime;
+using model::SharedDir;
 using model::tp_sizes;
 
 // fp32 tolerances of test_model: TP changes only the order of summation.
@@ -615,24 +616,6 @@ TEST(Pack, CodesAreExactAndUnpackIsTheFp16ScaleDequantization) {
         EXPECT_LE(((unpacked - fake_quantize(w, spec)).abs() - bound).max().item<double>(), 0.0) << where;
       }
 }
-
-// A directory every rank agrees on (named by rank 0's pid), removed at the end.
-class SharedDir {
- public:
-  explicit SharedDir(const std::string& tag) {
-    torch::Tensor pid = torch::tensor({static_cast<int64_t>(::getpid())});
-    runtime().world().broadcast(pid, 0);
-    path_ = (fs::temp_directory_path() / fmt::format("qforge_{}_{}", tag, pid.item<int64_t>())).string();
-  }
-  ~SharedDir() {
-    runtime().world().barrier();
-    if (runtime().rank() == 0) fs::remove_all(path_);
-  }
-  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
 
 int64_t directory_bytes(const std::string& dir) {
   int64_t total = 0;

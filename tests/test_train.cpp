@@ -23,35 +23,13 @@ namespace {
 namespace fs = std::filesystem;
 using model::CausalLM;
 using model::runtime;
+using model::SharedDir;
 
 // fp32: the grids differ from the single process only in summation order. AdamW divides each gradient element
 // by its own running magnitude, so an element whose gradient is tiny (a rarely seen embedding row) carries the
 // order's rounding into an update of up to lr: the tolerance is 0.5% of lr x steps (4 steps at lr 1e-3).
 constexpr double kWeightAbsTol = 2e-5;
 constexpr double kAdamRelTol = 1e-6;  // our AdamW against torch::optim::AdamW, same fp32 operations
-
-// A directory every rank agrees on (rank 0's pid), emptied before and after.
-class SharedDir {
- public:
-  explicit SharedDir(const std::string& what) {
-    torch::Tensor pid = torch::tensor({static_cast<int64_t>(::getpid())});
-    runtime().world().broadcast(pid, 0);
-    path_ = fs::temp_directory_path() / fmt::format("qforge_train_{}_{}", pid.item<int64_t>(), what);
-    if (runtime().rank() == 0) {
-      fs::remove_all(path_);
-      fs::create_directories(path_);
-    }
-    runtime().world().barrier();
-  }
-  ~SharedDir() {
-    runtime().world().barrier();
-    if (runtime().rank() == 0) fs::remove_all(path_);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // 48 samples of random tokens with lengths 5..16.
 std::string write_corpus(const fs::path& dir, int64_t vocab) {
@@ -101,17 +79,6 @@ TrainSettings small_settings() {
   return s;
 }
 
-// Every parameter's full tensor, gathered over TP (padding dropped).
-std::map<std::string, torch::Tensor> full_weights(CausalLM& model) {
-  std::map<std::string, torch::Tensor> weights;
-  for (const model::WeightEntry& e : model.weights().entries()) {
-    torch::Tensor t = e.param.detach();
-    if (!e.spec.replicated()) t = model.tp().all_gather(t, e.spec.dim).narrow(e.spec.dim, 0, e.spec.full_extent);
-    weights[e.name] = t.clone();
-  }
-  return weights;
-}
-
 std::map<std::string, torch::Tensor> train_on(dist::Communicator& tp, dist::Communicator& dp, const TrainSettings& s,
                                               const std::string& corpus_path, const std::string& checkpoint_dir = "") {
   CausalLM model(model::llama(4, 4, false), tp);
@@ -121,7 +88,7 @@ std::map<std::string, torch::Tensor> train_on(dist::Communicator& tp, dist::Comm
   trainer.resume();
   TrainResult result = trainer.run(next_token_loss(model, corpus));
   EXPECT_EQ(result.steps_done, s.max_steps);
-  return full_weights(model);
+  return model::gathered_weights(model);
 }
 
 void expect_same_weights(const std::map<std::string, torch::Tensor>& actual,
@@ -184,7 +151,7 @@ TEST(Trainer, EveryGridGivesTheWeightsOfOneProcess) {
     const auto reference = train_on(runtime().self(), runtime().self(), s, corpus);
     CausalLM untrained(model::llama(4, 4, false), runtime().self());
     model::init_random(untrained, 3, 0.1);
-    const auto initial = full_weights(untrained);
+    const auto initial = model::gathered_weights(untrained);
     for (int tp : model::tp_sizes()) {
       dist::Grid grid(runtime(), tp);
       if (s.global_batch % (grid.dp() * s.micro_batch) != 0) s.micro_batch = 1;
