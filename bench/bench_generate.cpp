@@ -2,6 +2,7 @@
 // decoding with refill, on the same random LLaMA model and the same samples, in one run.
 //   bench_generate [--samples N] [--seq-len L] [--batch B] [--hidden H] [--layers K] [--vocab V] [--threads T]
 #include "distill/corpus_generator.h"
+#include "bench/bench_support.h"
 #include "framework/dist/runtime.h"
 #include "framework/system/system_info.h"
 
@@ -13,11 +14,6 @@
 
 namespace {
 
-int64_t option(int argc, char** argv, const char* name, int64_t fallback) {
-  for (int i = 1; i + 1 < argc; ++i)
-    if (std::strcmp(argv[i], name) == 0) return std::atoll(argv[i + 1]);
-  return fallback;
-}
 
 double tokens_per_second(qforge::model::CausalLM& model, const qforge::distill::CorpusSettings& settings,
                          const std::vector<int64_t>& indices, int64_t batch, int64_t& tokens) {
@@ -33,19 +29,12 @@ double tokens_per_second(qforge::model::CausalLM& model, const qforge::distill::
 
 int main(int argc, char** argv) {
   qforge::dist::Runtime runtime(&argc, &argv);
-  const int threads = qforge::sys::configure_threads(static_cast<int>(option(argc, argv, "--threads", 0)), runtime.local_size());
-  qforge::model::ModelConfig config;
-  config.vocab_size = option(argc, argv, "--vocab", 8192);
-  config.hidden_size = option(argc, argv, "--hidden", 512);
-  config.intermediate_size = config.hidden_size * 8 / 3 / 32 * 32;
-  config.num_layers = option(argc, argv, "--layers", 8);
-  config.num_heads = config.hidden_size / 32;
-  config.num_kv_heads = config.num_heads;
-  config.max_positions = 1024;
+  const int threads = qforge::sys::configure_threads(static_cast<int>(qforge::bench::option(argc, argv, "--threads", 0)), runtime.local_size());
+  const qforge::model::ModelConfig config = qforge::bench::llama_from_options(argc, argv, 512, 8, 8192);
   qforge::distill::CorpusSettings settings;
-  settings.seq_len = option(argc, argv, "--seq-len", 128);
+  settings.seq_len = qforge::bench::option(argc, argv, "--seq-len", 128);
   settings.stop_at_eos = false;  // every sample full length: both ways generate exactly the same tokens
-  const int64_t samples = option(argc, argv, "--samples", 32), batch = option(argc, argv, "--batch", 32);
+  const int64_t samples = qforge::bench::option(argc, argv, "--samples", 32), batch = qforge::bench::option(argc, argv, "--batch", 32);
   std::vector<int64_t> indices;
   for (int64_t i = 0; i < samples; ++i) indices.push_back(i);
 

@@ -71,6 +71,28 @@ inline void expect_close(const torch::Tensor& actual, const torch::Tensor& expec
   EXPECT_LE(max_error, abs_tol + rel_tol * scale) << what << ": max |error| " << max_error << " at scale " << scale;
 }
 
+// Every parameter's gradient in `sharded` equals the matching slice of `reference`'s (the same model unsharded),
+// and reaches every parameter with a non-zero value.
+inline void expect_gradients_match(const CausalLM& sharded, const CausalLM& reference, double abs_tol,
+                                   double rel_tol, const std::string& where) {
+  const auto& mine = sharded.weights().entries();
+  const auto& theirs = reference.weights().entries();
+  ASSERT_EQ(mine.size(), theirs.size()) << where;
+  for (std::size_t i = 0; i < mine.size(); ++i) {
+    ASSERT_EQ(mine[i].name, theirs[i].name) << where;
+    ASSERT_TRUE(mine[i].param.grad().defined()) << where << ": no gradient reaches " << mine[i].name;
+    EXPECT_GT(theirs[i].param.grad().abs().max().item<double>(), 0.0) << where << ": zero gradient of " << mine[i].name;
+    torch::Tensor expected = theirs[i].param.grad();
+    torch::Tensor actual = mine[i].param.grad();
+    if (!mine[i].spec.replicated()) {
+      const int64_t stored = mine[i].spec.stored_length();
+      expected = expected.narrow(mine[i].spec.dim, mine[i].spec.start, stored);
+      actual = actual.narrow(mine[i].spec.dim, 0, stored);
+    }
+    expect_close(actual, expected, abs_tol, rel_tol, where + ", grad of " + mine[i].name);
+  }
+}
+
 // A directory every rank agrees on (named by `tag` and rank 0's pid), created empty, removed at the end.
 class SharedDir {
  public:

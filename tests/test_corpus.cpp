@@ -118,17 +118,7 @@ void write_journal(const fs::path& path, const CorpusIdentity& identity, const s
   writer.flush();
 }
 
-// The message of the qforge::Error `body` throws ("" and a test failure when it throws nothing).
-template <typename Body>
-std::string error_of(Body body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no qforge::Error was thrown";
-  return "";
-}
+using test::error_of;
 
 int world_rank() { return dist::Runtime::current() ? dist::Runtime::current()->rank() : 0; }
 

@@ -110,21 +110,7 @@ TEST(TensorParallel, GradientsMatchTheUnshardedModel) {
       const std::string where = fmt::format("{} under TP {}", name, tp);
       EXPECT_NEAR(loss.item<double>(), ref_loss.item<double>(), kNllAbsTol) << where;
 
-      const auto& mine = sharded.weights().entries();
-      const auto& theirs = reference.weights().entries();
-      ASSERT_EQ(mine.size(), theirs.size());
-      for (std::size_t i = 0; i < mine.size(); ++i) {
-        ASSERT_EQ(mine[i].name, theirs[i].name);
-        ASSERT_TRUE(mine[i].param.grad().defined()) << mine[i].name;
-        torch::Tensor expected = theirs[i].param.grad();
-        torch::Tensor actual = mine[i].param.grad();
-        if (!mine[i].spec.replicated()) {
-          const int64_t stored = mine[i].spec.stored_length();
-          expected = expected.narrow(mine[i].spec.dim, mine[i].spec.start, stored);
-          actual = actual.narrow(mine[i].spec.dim, 0, stored);
-        }
-        expect_close(actual, expected, kGradAbsTol, kGradRelTol, where + ", grad of " + mine[i].name);
-      }
+      expect_gradients_match(sharded, reference, kGradAbsTol, kGradRelTol, where);
     }
 }
 

@@ -64,15 +64,7 @@ torch::Tensor step_per_element(const QuantizedTensor& q, const QuantSpec& spec) 
   return dequantize(ones, spec);
 }
 
-template <class Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 // ---- closed forms ------------------------------------------------------------------------------------------
 
@@ -512,21 +504,7 @@ void expect_gradients_match(const ModelConfig& config, const QuantSettings& sett
   ref_loss.backward();
   EXPECT_NEAR(loss.item<double>(), ref_loss.item<double>(), kLogitAbsTol) << where;
 
-  const auto& mine = sharded.weights().entries();
-  const auto& theirs = reference.weights().entries();
-  ASSERT_EQ(mine.size(), theirs.size());
-  for (std::size_t i = 0; i < mine.size(); ++i) {
-    ASSERT_TRUE(mine[i].param.grad().defined()) << where << ": no gradient reaches " << mine[i].name;
-    EXPECT_GT(theirs[i].param.grad().abs().max().item<double>(), 0.0) << where << ": zero gradient of " << mine[i].name;
-    torch::Tensor expected = theirs[i].param.grad();
-    torch::Tensor actual = mine[i].param.grad();
-    if (!mine[i].spec.replicated()) {
-      const int64_t stored = mine[i].spec.stored_length();
-      expected = expected.narrow(mine[i].spec.dim, mine[i].spec.start, stored);
-      actual = actual.narrow(mine[i].spec.dim, 0, stored);
-    }
-    model::expect_close(actual, expected, kGradAbsTol, kGradRelTol, where + ", grad of " + mine[i].name);
-  }
+  model::expect_gradients_match(sharded, reference, kGradAbsTol, kGradRelTol, where);
 }
 
 TEST(Qat, GradientsFlowToEveryWeightAndMatchTp1) {

@@ -1,6 +1,9 @@
 // Helpers shared by the test suites.
 #pragma once
 
+#include "framework/common/error.h"
+
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -11,6 +14,18 @@
 #include <string>
 
 namespace qforge::test {
+
+// The message of the qforge::Error `body` throws ("" and a test failure when it throws nothing).
+template <typename Body>
+std::string error_of(Body body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no qforge::Error was thrown";
+  return "";
+}
 
 // ../shared beside the repository (real models and data), or "" when it is absent.
 inline std::string shared_dir() {
