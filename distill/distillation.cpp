@@ -32,8 +32,9 @@ train::MicroStep distillation_step(model::CausalLM& student, model::CausalLM* te
     auto [tokens, lengths] = corpus.batch(samples);
     const int64_t width = std::max<int64_t>(1, lengths.max().item<int64_t>());
     tokens = tokens.narrow(1, 0, width);
-    const torch::Tensor rows = loss_rows(lengths, width);
-    const torch::Tensor student_rows = rows_of(student.forward(tokens), rows);
+    const torch::Tensor student_logits = student.forward(tokens);
+    const torch::Tensor rows = loss_rows(lengths, width).to(student_logits.device());
+    const torch::Tensor student_rows = rows_of(student_logits, rows);
     torch::Tensor loss;
     if (teacher) {
       torch::Tensor teacher_rows;
@@ -44,8 +45,9 @@ train::MicroStep distillation_step(model::CausalLM& student, model::CausalLM* te
       loss = vocab_parallel_soft_cross_entropy(student_rows, teacher_rows, student.tp(), settings.temperature);
     } else {
       auto [ids, logprobs] = corpus.topk_batch(samples);
-      loss = vocab_parallel_topk_cross_entropy(student_rows, rows_of(ids.narrow(1, 0, width), rows),
-                                               rows_of(logprobs.narrow(1, 0, width), rows), student.tp(),
+      const torch::Device device = student_logits.device();
+      loss = vocab_parallel_topk_cross_entropy(student_rows, rows_of(ids.narrow(1, 0, width).to(device), rows),
+                                               rows_of(logprobs.narrow(1, 0, width).to(device), rows), student.tp(),
                                                student.vocab_start());
     }
     torch::Tensor sum = loss.sum();

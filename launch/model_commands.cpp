@@ -41,6 +41,47 @@ int run_convert(CommandContext& context) {
   return 0;
 }
 
+int64_t integer_option(const CommandContext& context, const std::string& name, int64_t fallback) {
+  auto it = context.line.options.find(name);
+  if (it == context.line.options.end()) return fallback;
+  try {
+    std::size_t used = 0;
+    const int64_t value = std::stoll(it->second, &used);
+    if (used == it->second.size() && value >= 0) return value;
+  } catch (const std::exception&) {
+  }
+  throw UsageError(fmt::format("qforge {}: --{} must be a non-negative integer, got '{}'", context.line.command, name, it->second));
+}
+
+// A random LLaMA with a byte-level tokenizer: the pipeline end to end with nothing downloaded.
+int run_init_model(CommandContext& context) {
+  const std::string out = required_option(context, "out");
+  model::ModelConfig c;
+  c.family = model::Family::kLlama;
+  c.vocab_size = tok::kByteTokenizerVocab;
+  c.hidden_size = integer_option(context, "hidden", 64);
+  c.num_layers = integer_option(context, "layers", 2);
+  c.num_heads = integer_option(context, "heads", 4);
+  c.num_kv_heads = integer_option(context, "kv-heads", 2);
+  c.intermediate_size = (c.hidden_size * 8 / 3 + 15) / 16 * 16;
+  c.max_positions = 512;
+  if (c.hidden_size == 0 || c.num_layers == 0 || c.num_heads == 0 || c.num_kv_heads == 0 ||
+      c.hidden_size % c.num_heads != 0 || c.num_heads % c.num_kv_heads != 0)
+    throw UsageError("qforge init-model: expected positive --hidden, --layers, --heads, --kv-heads with heads dividing "
+                     "hidden and kv-heads dividing heads");
+  if (context.runtime.rank() == 0) {
+    model::CausalLM model(c, context.runtime.self());
+    // std 0.3: logits spread enough that the teacher prefers some continuations, so quantization has a cost.
+    model::init_random(model, static_cast<uint64_t>(integer_option(context, "seed", 0)), /*std=*/0.3);
+    model::save_pretrained(model, out, /*write=*/true);
+    tok::write_byte_tokenizer((fs::path(out) / "tokenizer.bin").string());
+    log::info("wrote a random LLaMA (hidden {}, {} layers, {}/{} heads, byte-level vocabulary of {}) to {}", c.hidden_size,
+              c.num_layers, c.num_heads, c.num_kv_heads, c.vocab_size, out);
+  }
+  context.runtime.world().barrier();
+  return 0;
+}
+
 int run_eval(CommandContext& context) {
   const std::string& task = context.line.positionals.at(0);
   if (task != "ppl") throw UsageError(fmt::format("qforge eval: unknown task '{}' (expected ppl)", task));
@@ -135,6 +176,10 @@ std::vector<Command> model_commands() {
          {"tokenizer", true, "tokenizer to copy beside it"}},
         {"format"}},
        run_convert},
+      {{"init-model", "a random LLaMA with a byte-level tokenizer (nothing to download): init-model --out DIR",
+        {{"out", true, "output directory"}, {"hidden", true, "hidden size (64)"}, {"layers", true, "decoder layers (2)"},
+         {"heads", true, "attention heads (4)"}, {"kv-heads", true, "key/value heads (2)"}, {"seed", true, "seed (0)"}}},
+       run_init_model},
       {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N] [--quant W-A-KV]",
         {model_option, tokenizer_option, {"text", true, "text file", "eval.text"}, {"seq-len", true, "window length", "eval.seq_len"},
          {"batch-size", true, "windows per forward pass", "eval.batch_size"}, quant_option},

@@ -1,5 +1,6 @@
 // llama2.c tokenizer.bin: int32 max_token_length, then per piece float32 score, int32 length, bytes, until the end
 // of the file. Encoding reproduces run.c's encode() with the merge loop both tokenizers share (bpe.h).
+#include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
 #include "framework/tokenizer/bpe.h"
 #include "framework/tokenizer/tokenizer.h"
@@ -223,6 +224,20 @@ std::unique_ptr<Tokenizer> llama2c_tokenizer_from_bytes(const std::string& path,
   Vocabulary vocab = read_vocabulary(path, bytes);
   check_llama2c_layout(path, vocab);
   return std::make_unique<Llama2cTokenizer>(path, std::move(vocab));
+}
+
+void write_byte_tokenizer(const std::string& path) {
+  std::vector<std::string> pieces = {"<unk>", "\n<s>\n", "\n</s>\n"};
+  for (int byte = 0; byte < 256; ++byte) pieces.push_back(byte_piece(byte));
+  std::string bytes;
+  auto append = [&bytes](const auto& value) { bytes.append(reinterpret_cast<const char*>(&value), sizeof(value)); };
+  append(int32_t{6});  // max_token_length: "<0xFF>"
+  for (const std::string& piece : pieces) {
+    append(0.0f);
+    append(static_cast<int32_t>(piece.size()));
+    bytes += piece;
+  }
+  write_file_atomically(path, bytes);
 }
 
 }  // namespace qforge::tok

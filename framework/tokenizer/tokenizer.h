@@ -37,4 +37,10 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 std::unique_ptr<Tokenizer> llama2c_tokenizer_from_bytes(const std::string& path, const std::string& bytes);
 std::unique_ptr<Tokenizer> sentencepiece_tokenizer_from_bytes(const std::string& path, const std::string& bytes);
 
+// The llama2.c tokenizer.bin of a byte-level vocabulary: <unk>, BOS, EOS and the 256 byte pieces (259 ids), no
+// merges. Every text encodes to its UTF-8 bytes; for models that need a tokenizer and no download (qforge
+// init-model). Written atomically.
+void write_byte_tokenizer(const std::string& path);
+inline constexpr int64_t kByteTokenizerVocab = 259;
+
 }  // namespace qforge::tok

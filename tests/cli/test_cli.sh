@@ -92,6 +92,16 @@ else
   echo "skip reference BLAS warning ($reference not installed)"
 fi
 
+# 10b. init-model: a random LLaMA with a byte-level tokenizer that the other commands accept.
+run "$work/out" "$work/err" -- "$QFORGE" init-model --out "$work/random" --hidden 32 --layers 1 --heads 2 --kv-heads 1
+[ $code -eq 0 ] && [ -f "$work/random/config.json" ] && [ -f "$work/random/tokenizer.bin" ] \
+  && "$QFORGE" eval ppl --model "$work/random" --text "$CONFIGS/default.yaml" --seq-len 64 --quant 4-8-4 >"$work/out" 2>"$work/err" \
+  && grep -q "^perplexity of" "$work/out"
+check "init-model writes a model and byte tokenizer that eval ppl --quant 4-8-4 accepts" $? || show
+run "$work/out" "$work/err" -- "$QFORGE" init-model --out "$work/random2" --heads 3
+[ $code -eq 2 ] && grep -q "heads dividing hidden" "$work/err" && [ ! -e "$work/random2" ]
+check "init-model with 3 heads for hidden 64: one usage error, nothing written" $? || show
+
 # 11. The real stories260K model (../shared): import, generate, perplexity; bad checkpoints.
 if [ -f "$SHARED/models/stories260K/stories260K.bin" ]; then
   stories="$SHARED/models/stories260K"
@@ -183,18 +193,19 @@ assert (f['tokens'][...] == h5py.File(sys.argv[2])['tokens'][...]).all()
     cmp -s "$work/dump-killed.json" "$work/dump-whole.json"
     check "killed and resumed corpus equals an uninterrupted run's" $?
 
-    # QAT by distillation on stories260K (corpus above: 160 samples x 64 tokens, 2 epochs of 8-sample steps).
+    # QAT by distillation on stories260K (corpus above: 160 samples x 64 tokens; 10 epochs of 8-sample steps, so
+    # that a signal sent while it trains lands mid-run).
     qat() {  # qat RANKS TP OUTDIR [options...]
       local ranks=$1 tp=$2 out=$3; shift 3
       "${MPI[@]}" -np "$ranks" "$QFORGE" qat --model "$work/stories" --corpus "$work/whole.h5" --output "$out" \
-        --quant 4-8-4 --lr 1e-3 --set train.global_batch=8 --set train.epochs=2 --set parallel.tp="$tp" \
+        --quant 4-8-4 --lr 1e-3 --set train.global_batch=8 --set train.epochs=10 --set parallel.tp="$tp" \
         --set runtime.threads=1 --set log.progress_interval_s=0 "$@"
     }
     run "$work/out" "$work/err" -- qat 4 2 "$work/qat-whole"
     student="$work/qat-whole/student/model.safetensors"
     [ $code -eq 0 ] && [ -f "$student" ] && [ -f "$work/qat-whole/packed/quantization.json" ] \
-      && grep -q "train: 40/40 steps" "$work/err" && grep -q "student, packed 4-8-4" "$work/out"
-    check "qat 4-8-4 on TP 2 x DP 2: 40 steps, student and packed exports, sizes printed" $? || show
+      && grep -q "train: 200/200 steps" "$work/err" && grep -q "student, packed 4-8-4" "$work/out"
+    check "qat 4-8-4 on TP 2 x DP 2: 200 steps, student and packed exports, sizes printed" $? || show
     grep -A3 "^model size" "$work/out"
     run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/qat-whole/student" --text "$text" --seq-len 128 --quant 4-8-4
     [ $code -eq 0 ] && grep -q "fake-quantized W-A-KV 4-8-4: 35 linear layers, 5 attention layers" "$work/err" \
@@ -205,11 +216,12 @@ assert (f['tokens'][...] == h5py.File(sys.argv[2])['tokens'][...]).all()
     # and ends bit for bit where the uninterrupted one did.
     qat 4 2 "$work/qat-term" >"$work/out" 2>"$work/err" &
     job=$!
-    for _ in $(seq 1 600); do grep -q "train: [3-9]/40\|train: [1-9][0-9]/40" "$work/err" && break; sleep 0.05; done
+    for _ in $(seq 1 600); do grep -q "train: [3-9]/200\|train: [1-9][0-9]/200" "$work/err" && break; sleep 0.05; done
     pkill -TERM -f "^$QFORGE qat .*qat-term"
     wait "$job"; code=$?
     [ $code -eq 0 ] && grep -q "stop signal received" "$work/err" && grep -q "rerun with --resume" "$work/err" \
-      && [ -f "$work/qat-term/checkpoints/latest" ] && [ ! -e "$work/qat-term/student" ]
+      && [ -f "$work/qat-term/checkpoints/latest" ] && ! grep -q "step-00000200" "$work/qat-term/checkpoints/latest" \
+      && [ ! -e "$work/qat-term/student" ]
     check "SIGTERM during qat: checkpoint of $(cat "$work/qat-term/checkpoints/latest" 2>/dev/null), exit 0, no export" $? || show
     run "$work/out" "$work/err" -- qat 4 2 "$work/qat-term" --resume
     [ $code -eq 0 ] && grep -q "resumed from" "$work/err" && cmp -s "$student" "$work/qat-term/student/model.safetensors"
@@ -218,12 +230,12 @@ assert (f['tokens'][...] == h5py.File(sys.argv[2])['tokens'][...]).all()
     # kill -9 of one rank with a checkpoint every 5 steps: the job dies; --resume gives the same student.
     qat 2 1 "$work/qat-kill" --set train.save_every=5 >"$work/out" 2>"$work/err" &
     job=$!
-    for _ in $(seq 1 600); do [ -f "$work/qat-kill/checkpoints/latest" ] && grep -q "train: 1[2-9]/40\|train: [2-9][0-9]/40" "$work/err" && break; sleep 0.05; done
+    for _ in $(seq 1 1500); do [ -f "$work/qat-kill/checkpoints/latest" ] && break; sleep 0.02; done
     kill -9 "$(pgrep -f "^$QFORGE qat .*qat-kill" | head -n 1)"
     wait "$job"; killed=$?
     run "$work/out" "$work/err" -- qat 2 1 "$work/qat-kill" --set train.save_every=5 --resume
     grep -o "resumed from .*" "$work/err"
-    [ $killed -ne 0 ] && [ $code -eq 0 ] && grep -q "resumed from .*step-000000[1-9][05]" "$work/err"
+    [ $killed -ne 0 ] && [ $code -eq 0 ] && grep -q "resumed from .*step-00000[01][0-9][05] (step [1-9][0-9]* of 200)" "$work/err"
     check "kill -9 during qat, then --resume: completes from the last checkpoint" $? || show
     run "$work/out" "$work/err" -- qat 2 1 "$work/qat-dp2"
     cmp -s "$work/qat-dp2/student/model.safetensors" "$work/qat-kill/student/model.safetensors"
