@@ -94,10 +94,13 @@ std::map<std::string, torch::Tensor> train_on(dist::Communicator& tp, dist::Comm
 void expect_same_weights(const std::map<std::string, torch::Tensor>& actual,
                          const std::map<std::string, torch::Tensor>& expected, double tol, const std::string& what) {
   ASSERT_EQ(actual.size(), expected.size()) << what;
+  double largest = 0;
   for (const auto& [name, tensor] : expected) {
     const double error = (actual.at(name) - tensor).abs().max().item<double>();
     EXPECT_LE(error, tol) << what << ": " << name;
+    largest = std::max(largest, error);
   }
+  if (runtime().rank() == 0) std::printf("%s: max |weight error| %.3g (tolerance %.3g)\n", what.c_str(), largest, tol);
 }
 
 TEST(AdamW, MatchesTorchOptimAdamW) {
