@@ -92,6 +92,13 @@ else
   echo "skip reference BLAS warning ($reference not installed)"
 fi
 
+# 10a. Every shipped config is a valid config.
+for config in "$CONFIGS"/*.yaml; do
+  run "$work/out" "$work/err" -- "$QFORGE" env --config "$config" --set parallel.tp=1 --set model.device=cpu --set log.file= \
+    --set output.dir=
+  check "$(basename "$config") loads (every key known, every value valid)" $? || show
+done
+
 # 10b. init-model: a random LLaMA with a byte-level tokenizer that the other commands accept.
 run "$work/out" "$work/err" -- "$QFORGE" init-model --out "$work/random" --hidden 32 --layers 1 --heads 2 --kv-heads 1
 [ $code -eq 0 ] && [ -f "$work/random/config.json" ] && [ -f "$work/random/tokenizer.bin" ] \
