@@ -34,13 +34,6 @@ int64_t directory_bytes(const fs::path& dir) {
 
 std::string gigabytes(int64_t bytes) { return fmt::format("{:.6f} GB", static_cast<double>(bytes) / 1e9); }
 
-// Replaces every quantized weight by its fake-quantized value (collective over TP: ranges may be reduced).
-void bake_weight_quantizers(model::CausalLM& model) {
-  torch::NoGradGuard no_grad;
-  for (quant::LinearSite& site : quant::decoder_linears(model))
-    if (site.weight_hook && *site.weight_hook) site.weight.copy_((*site.weight_hook)(site.weight));
-}
-
 void freeze(model::CausalLM& model) {
   for (auto& p : model.parameters()) p.requires_grad_(false);
 }
@@ -52,7 +45,7 @@ nlohmann::json export_student(CommandContext& context, model::CausalLM& student,
   const fs::path out = c.output.dir;
   const bool writer = grid.dp_rank() == 0;
   const int64_t packed_bytes = quant::export_packed(student, c.quant, (out / "packed").string(), writer);
-  bake_weight_quantizers(student);
+  quant::bake_weight_quantizers(student);
   model::save_pretrained(student, (out / "student").string(), writer);
   if (context.runtime.rank() == 0) {
     const std::string tokenizer = tokenizer_path(c.model);

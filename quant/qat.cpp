@@ -196,4 +196,10 @@ void detach_quantizers(model::CausalLM& model) {
   }
 }
 
+void bake_weight_quantizers(model::CausalLM& model) {
+  torch::NoGradGuard no_grad;
+  for (LinearSite& site : decoder_linears(model))
+    if (*site.weight_hook) site.weight.copy_((*site.weight_hook)(site.weight));
+}
+
 }  // namespace qforge::quant

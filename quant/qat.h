@@ -77,6 +77,10 @@ AttachReport attach_quantizers(model::CausalLM& model, const QuantSettings& sett
 // Clears every quantizer hook: the model is full precision again.
 void detach_quantizers(model::CausalLM& model);
 
+// Replaces every quantized weight by its fake-quantized value, e.g. before saving the student as an ordinary
+// checkpoint. Collective over the model's TP group (ranges may be reduced). The hooks stay attached.
+void bake_weight_quantizers(model::CausalLM& model);
+
 // One decoder linear layer: its Hugging Face name ("model.layers.0.self_attn.q_proj") and its hooks.
 struct LinearSite {
   std::string name;

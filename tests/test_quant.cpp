@@ -259,6 +259,25 @@ torch::Tensor full_logits(CausalLM& model, const torch::Tensor& ids) {
 
 bool supports_tp(const ModelConfig& config, int tp) { return config.num_kv_heads % tp == 0; }
 
+TEST(Qat, BakingWritesTheFakeQuantizedWeightsAndKeepsTheFunction) {
+  for (int tp : tp_sizes()) {
+    dist::Grid grid(runtime(), tp);
+    CausalLM model(model::llama(4, 4, false), grid.tp_group());
+    model::init_random(model, 4);
+    torch::Tensor ids = model::random_ids(2, 7, 250, 5);
+    attach_quantizers(model, qat_settings("4-16-16", "pre_rope", "channel"));
+    std::vector<torch::Tensor> expected;
+    for (const LinearSite& site : decoder_linears(model)) expected.push_back((*site.weight_hook)(site.weight).detach());
+    torch::Tensor before = full_logits(model, ids);
+    bake_weight_quantizers(model);
+    const auto sites = decoder_linears(model);
+    for (size_t i = 0; i < sites.size(); ++i)
+      EXPECT_TRUE(torch::equal(sites[i].weight, expected[i])) << sites[i].name << " under TP " << tp;
+    detach_quantizers(model);  // the baked weights alone compute what the quantized model did
+    model::expect_close(full_logits(model, ids), before, 1e-6, 1e-5, fmt::format("baked model under TP {}", tp));
+  }
+}
+
 TEST(Qat, AttachReportCountsEveryDecoderLinearAndDetachRestores) {
   for (const auto& [name, config] : configs()) {
     CausalLM model(config, runtime().self());

@@ -925,18 +925,29 @@ TEST_F(TokenizerFiles, TruncatedRealFilesAreErrors) {
 
 // ---- speed --------------------------------------------------------------------------------------------------------
 
+struct EncodeRun {
+  std::size_t tokens = 0, characters = 0;
+  double seconds = 0;
+};
+
+// Every paragraph encoded with BOS: token and byte counts and the wall time.
+EncodeRun encode_all(const Tokenizer& tokenizer, const std::vector<std::string>& paragraphs) {
+  EncodeRun run;
+  const auto start = std::chrono::steady_clock::now();
+  for (const std::string& paragraph : paragraphs) {
+    run.tokens += tokenizer.encode(paragraph, true, false).size();
+    run.characters += paragraph.size();
+  }
+  run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return run;
+}
+
 TEST(Llama2c, EncodesTinyStoriesQuickly) {
   SKIP_WITHOUT(kTok512);
   SKIP_WITHOUT(kTinyStories);
   auto tokenizer = load_tokenizer(kTok512.string());
   const auto paragraphs = read_paragraphs(kTinyStories);
-  std::size_t tokens = 0, characters = 0;
-  const auto start = std::chrono::steady_clock::now();
-  for (const std::string& paragraph : paragraphs) {
-    tokens += tokenizer->encode(paragraph, true, false).size();
-    characters += paragraph.size();
-  }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto [tokens, characters, seconds] = encode_all(*tokenizer, paragraphs);
   std::printf("tok512: %zu paragraphs, %zu bytes -> %zu tokens in %.3f s: %.0f tokens/s\n", paragraphs.size(),
               characters, tokens, seconds, tokens / seconds);
   EXPECT_GT(tokens, characters / 8);  // tok512's pieces are at most 7 bytes long
@@ -952,13 +963,7 @@ TEST(SentencePiece, LoadsAndEncodesTinyStoriesQuickly) {
     const auto load_start = std::chrono::steady_clock::now();
     auto tokenizer = load_tokenizer(file.string());
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-    std::size_t tokens = 0, characters = 0;
-    const auto start = std::chrono::steady_clock::now();
-    for (const std::string& paragraph : paragraphs) {
-      tokens += tokenizer->encode(paragraph, true, false).size();
-      characters += paragraph.size();
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const auto [tokens, characters, seconds] = encode_all(*tokenizer, paragraphs);
     std::printf(
         "LLaMA vocabulary, %s: loaded in %.0f ms; %zu paragraphs, %zu bytes -> %zu tokens in %.3f s: %.0f "
         "tokens/s\n",

@@ -55,8 +55,10 @@ std::vector<int64_t> DistributedAdamW::bucket_sizes() const {
   return sizes;
 }
 
-torch::Tensor DistributedAdamW::flat_gradients(const Bucket& bucket) const {
-  torch::Tensor flat = torch::zeros({bucket.size}, fp32_);
+torch::Tensor DistributedAdamW::flat_gradients(const Bucket& bucket) {
+  if (!scratch_.defined() || scratch_.numel() < bucket.size) scratch_ = torch::empty({bucket.size}, fp32_);
+  torch::Tensor flat = scratch_.narrow(0, 0, bucket.size);
+  flat.zero_();
   for (const Segment& s : bucket.segments) {
     const torch::Tensor& grad = params_[s.param].param.grad();
     if (grad.defined()) flat.narrow(0, s.offset, s.numel).copy_(grad.reshape(-1));
@@ -86,7 +88,7 @@ double DistributedAdamW::reduce_gradients() {
       bucket.grad = dp_.reduce_scatter(flat, dist::ReduceOp::kSum);
     } else {
       dp_.all_reduce(flat, dist::ReduceOp::kSum);
-      bucket.grad = flat;
+      bucket.grad = flat.clone();
     }
     square_norm += owned_square_norm(bucket);
   }

@@ -68,7 +68,7 @@ class DistributedAdamW {
   };
 
   void build_layout(int64_t bucket_elements);
-  torch::Tensor flat_gradients(const Bucket& bucket) const;
+  torch::Tensor flat_gradients(const Bucket& bucket);
   double owned_square_norm(const Bucket& bucket) const;
   void refresh_parameters(const Bucket& bucket);
 
@@ -79,6 +79,7 @@ class DistributedAdamW {
   bool shard_state_;
   torch::TensorOptions fp32_ = torch::TensorOptions(torch::kFloat);  // masters, moments, buckets: the params' device
   std::vector<Bucket> buckets_;
+  torch::Tensor scratch_;  // one bucket's gradients before the DP reduction, reused by every bucket
   int64_t steps_ = 0;
 };
 

@@ -86,6 +86,7 @@ std::vector<OptimizedParameter> trainable_parameters(const model::CausalLM& mode
 }  // namespace
 
 struct Trainer::State {
+  std::vector<OptimizedParameter> params;  // the model's, each tensor once
   std::unique_ptr<DistributedAdamW> optimizer;
   int64_t steps_done = 0;
   double last_loss = 0;
@@ -94,7 +95,6 @@ struct Trainer::State {
 Trainer::Trainer(TrainSettings settings, model::CausalLM& model, dist::Communicator& dp, const io::CorpusReader& corpus,
                  std::function<int64_t(int64_t)> tokens_of, std::string checkpoint_dir, std::string resolved_config)
     : settings_(std::move(settings)),
-      model_(model),
       tp_(model.tp()),
       dp_(dp),
       corpus_(corpus),
@@ -112,47 +112,40 @@ Trainer::Trainer(TrainSettings settings, model::CausalLM& model, dist::Communica
                                  corpus.num_samples(), settings_.global_batch));
   total_steps_ = steps_per_epoch_ * settings_.epochs;
   if (settings_.max_steps > 0) total_steps_ = std::min(total_steps_, settings_.max_steps);
-  model_.recompute_blocks = settings_.recompute;
+  model.recompute_blocks = settings_.recompute;
   const auto bucket_elements = static_cast<int64_t>(settings_.bucket_mb * 1024 * 1024 / sizeof(float));
   AdamWOptions options{settings_.beta1, settings_.beta2, settings_.eps, settings_.weight_decay};
-  state_->optimizer = std::make_unique<DistributedAdamW>(trainable_parameters(model), tp_, dp, options,
-                                                         bucket_elements, settings_.zero);
+  state_->params = trainable_parameters(model);
+  state_->optimizer = std::make_unique<DistributedAdamW>(state_->params, tp_, dp, options, bucket_elements,
+                                                         settings_.zero);
 }
 
 Trainer::~Trainer() = default;
 
 int64_t Trainer::steps_done() const { return state_->steps_done; }
 
-// Step s of an epoch covers positions [s * B, (s + 1) * B) of the epoch's permutation whatever the DP size:
-// rank r holds positions r, r + dp, ... (CorpusReader::epoch_order), so its slice of the step is contiguous.
-std::vector<int64_t> Trainer::step_samples(int64_t step, int dp_rank) const {
+// Step s of an epoch covers positions [s * B, (s + 1) * B) of the epoch's permutation, whatever the DP size
+// (CorpusReader::epoch_order deals one permutation round-robin: rank r holds positions r, r + dp, ...).
+std::vector<int64_t> Trainer::step_samples(int64_t step) {
   const int64_t epoch = step / steps_per_epoch_;
-  if (epoch != cached_epoch_) {
-    epoch_cache_.clear();
-    for (int r = 0; r < dp_.size(); ++r)
-      epoch_cache_.push_back(corpus_.epoch_order(static_cast<uint64_t>(settings_.seed + epoch), r, dp_.size()));
-    cached_epoch_ = epoch;
+  if (epoch != ordered_epoch_) {
+    epoch_order_ = corpus_.epoch_order(static_cast<uint64_t>(settings_.seed + epoch), 0, 1);
+    ordered_epoch_ = epoch;
   }
-  const int64_t local_batch = settings_.global_batch / dp_.size();
-  const auto& order = epoch_cache_[dp_rank];
-  const int64_t first = (step % steps_per_epoch_) * local_batch;
-  return std::vector<int64_t>(order.begin() + first, order.begin() + first + local_batch);
+  const auto first = epoch_order_.begin() + (step % steps_per_epoch_) * settings_.global_batch;
+  return std::vector<int64_t>(first, first + settings_.global_batch);
 }
 
-double Trainer::step_tokens(int64_t step) const {
-  double tokens = 0;
-  for (int r = 0; r < dp_.size(); ++r)
-    for (int64_t sample : step_samples(step, r)) tokens += static_cast<double>(tokens_of_(corpus_.lengths()[sample]));
-  return tokens;
-}
-
-double Trainer::train_step(int64_t step, const MicroStep& micro_step) {
-  const std::vector<int64_t> samples = step_samples(step, dp_.rank());
-  const double tokens = step_tokens(step);
+double Trainer::train_step(int64_t step, const MicroStep& micro_step, double& tokens) {
+  const std::vector<int64_t> samples = step_samples(step);
+  tokens = 0;
+  for (int64_t sample : samples) tokens += static_cast<double>(tokens_of_(corpus_.lengths()[sample]));
   if (tokens == 0) throw Error(fmt::format("training step {} has no tokens to learn from", step));
+  std::vector<int64_t> mine;
+  for (size_t i = dp_.rank(); i < samples.size(); i += dp_.size()) mine.push_back(samples[i]);
   double loss_sum = 0;
-  for (size_t first = 0; first < samples.size(); first += settings_.micro_batch) {
-    const auto begin = samples.begin() + static_cast<std::ptrdiff_t>(first);
+  for (size_t first = 0; first < mine.size(); first += settings_.micro_batch) {
+    const auto begin = mine.begin() + static_cast<std::ptrdiff_t>(first);
     loss_sum += micro_step(std::vector<int64_t>(begin, begin + settings_.micro_batch), tokens);
   }
   DistributedAdamW& optimizer = *state_->optimizer;
@@ -194,11 +187,11 @@ TrainResult Trainer::run(const MicroStep& micro_step) {
       result.stopped = true;
       break;
     }
-    const int64_t step = state_->steps_done;
-    state_->last_loss = train_step(step, micro_step);
+    double tokens = 0;
+    state_->last_loss = train_step(state_->steps_done, micro_step, tokens);
     result.losses.push_back(state_->last_loss);
-    state_->steps_done = step + 1;
-    tokens_run += step_tokens(step);
+    ++state_->steps_done;
+    tokens_run += tokens;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     progress.set_detail(fmt::format("loss {:.4f}, {:.0f} tokens/s", state_->last_loss, tokens_run / std::max(seconds, 1e-9)));
     progress.update(state_->steps_done);
@@ -212,8 +205,8 @@ TrainResult Trainer::run(const MicroStep& micro_step) {
 
 // ---- checkpoints ---------------------------------------------------------------------------------------------
 //
-// <checkpoint_dir>/step-NNNNNNNN/ holds one model file per TP rank (written by DP rank 0), one optimizer file per
-// rank, trainer_state.json and the resolved config; <checkpoint_dir>/latest names the newest complete one and is
+// <checkpoint_dir>/step-NNNNNNNN/ holds one model file per TP rank (written by DP rank 0, for people and tools;
+// resuming needs only the rest), one optimizer file per rank, trainer_state.json and the resolved config; <checkpoint_dir>/latest names the newest complete one and is
 // written last, so a crash while saving leaves the previous checkpoint in charge.
 
 void Trainer::save_checkpoint() {
@@ -222,8 +215,7 @@ void Trainer::save_checkpoint() {
   const std::map<std::string, std::string> metadata{{"step", std::to_string(state_->steps_done)}};
   if (dp_.rank() == 0) {
     std::vector<std::pair<std::string, torch::Tensor>> params;
-    for (const OptimizedParameter& p : trainable_parameters(model_))
-      params.emplace_back(p.name, p.param.detach().to(torch::kCPU));
+    for (const OptimizedParameter& p : state_->params) params.emplace_back(p.name, p.param.detach().to(torch::kCPU));
     io::save_safetensors_file((dir / model_file_name(tp_.rank(), tp_.size())).string(), params, metadata);
   }
   auto optimizer_state = state_->optimizer->state();
@@ -288,9 +280,8 @@ bool Trainer::resume() {
                 {"corpus_samples", corpus_.num_samples()}});
   const int64_t step = saved.at("step").get<int64_t>();
 
-  torch::NoGradGuard no_grad;
-  io::SafetensorsFile model_file((dir / model_file_name(tp_.rank(), tp_.size())).string());
-  for (const OptimizedParameter& p : trainable_parameters(model_)) model_file.read_into(p.name, p.param.detach());
+  // The fp32 masters restore the parameters (exactly, whatever their dtype); the model files are the
+  // layout-independent copy for people and tools, not read back.
   io::SafetensorsFile optimizer_file((dir / optimizer_file_name(tp_.rank(), dp_.rank())).string());
   state_->optimizer->load_state(read_all(optimizer_file), step);
   state_->steps_done = step;

@@ -94,13 +94,13 @@ class Trainer {
   int64_t steps_done() const;
 
  private:
-  std::vector<int64_t> step_samples(int64_t step, int dp_rank) const;
-  double step_tokens(int64_t step) const;
-  double train_step(int64_t step, const MicroStep& micro_step);
+  // The step's samples over all DP ranks, in epoch order: DP rank r takes positions r, r + dp, ...
+  std::vector<int64_t> step_samples(int64_t step);
+  // Trains one step; returns its mean per-token loss and sets `tokens` to the tokens it covered.
+  double train_step(int64_t step, const MicroStep& micro_step, double& tokens);
   bool stop_requested();
 
   TrainSettings settings_;
-  model::CausalLM& model_;
   dist::Communicator& tp_;
   dist::Communicator& dp_;
   const io::CorpusReader& corpus_;
@@ -109,8 +109,8 @@ class Trainer {
   std::string resolved_config_;
   int64_t steps_per_epoch_ = 0;
   int64_t total_steps_ = 0;
-  mutable std::vector<std::vector<int64_t>> epoch_cache_;  // [dp rank] order of the cached epoch
-  mutable int64_t cached_epoch_ = -1;
+  std::vector<int64_t> epoch_order_;  // the permutation of the epoch `ordered_epoch_`
+  int64_t ordered_epoch_ = -1;
   struct State;
   std::unique_ptr<State> state_;
 };
