@@ -208,6 +208,19 @@ std::vector<Command> model_commands() {
          {"max-steps", true, "stop after N steps (0: the epochs)", "train.max_steps"},
          {"resume", false, "continue from the newest checkpoint in output.dir/checkpoints"}}},
        run_qat},
+      {{"ptq", "post-training weight quantization (GPTQ or RTN): ptq --model DIR --output DIR --calib TEXT "
+               "(or --calib-corpus FILE.h5) --wbits 4",
+        {model_option, tokenizer_option, {"output", true, "output directory (the quantized checkpoint)", "output.dir"},
+         {"calib", true, "calibration text file", "ptq.calib"},
+         {"calib-corpus", true, "calibration corpus (HDF5 from qforge generate): data-free", "ptq.calib_corpus"},
+         {"method", true, "gptq or rtn", "ptq.method"}, {"wbits", true, "weight bits, 2..8", "ptq.wbits"},
+         {"group-size", true, "input columns per scale (-1: per row)", "ptq.group_size"},
+         {"sym", true, "true (symmetric grid) or false", "ptq.sym"},
+         {"act-order", false, "quantize columns by decreasing Hessian diagonal", "ptq.act_order"},
+         {"static-groups", false, "group ranges fixed up front", "ptq.static_groups"},
+         {"nsamples", true, "calibration sequences (128)", "ptq.nsamples"},
+         {"seq-len", true, "tokens per calibration sequence (0: the model's context)", "ptq.seq_len"}}},
+       run_ptq},
   };
 }
 

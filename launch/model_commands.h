@@ -26,4 +26,5 @@ void write_outputs(const CommandContext& context, const std::string& name, const
 int run_generate(CommandContext& context);     // generate_command.cpp
 int run_show_corpus(CommandContext& context);  // generate_command.cpp
 int run_qat(CommandContext& context);          // qat_command.cpp
+int run_ptq(CommandContext& context);          // ptq_command.cpp
 }  // namespace qforge

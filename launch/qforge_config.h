@@ -6,6 +6,7 @@
 #include "distill/distillation.h"
 #include "framework/config/settings.h"
 #include "framework/train/trainer.h"
+#include "quant/ptq.h"
 #include "quant/qat.h"
 
 namespace qforge {
@@ -22,6 +23,7 @@ struct QforgeConfig {
   quant::QuantSettings quant;
   distill::DistillSettings distill;
   train::TrainSettings train;
+  quant::PtqSettings ptq;
 
   template <class V>
   void visit(V& v) {
@@ -36,6 +38,7 @@ struct QforgeConfig {
     v("quant", quant);
     v("distill", distill);
     v("train", train);
+    v("ptq", ptq);
   }
 };
 

@@ -49,27 +49,6 @@ bool kv_pre_rope(const std::string& place) {
   throw UsageError(fmt::format("quant.kv_place must be one of: pre_rope, post_rope, got '{}'", place));
 }
 
-std::string without_suffix(const std::string& name, const std::string& suffix) {
-  const bool has = name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  return has ? name.substr(0, name.size() - suffix.size()) : name;
-}
-
-using NamesByTensor = std::map<const void*, std::string>;
-
-NamesByTensor names_by_tensor(const model::CausalLM& model) {
-  NamesByTensor names;
-  for (const model::WeightEntry& e : model.weights().entries()) names[e.param.unsafeGetTensorImpl()] = e.name;
-  return names;
-}
-
-template <class Linear>
-LinearSite site_of(Linear& linear, bool row_parallel, const NamesByTensor& names) {
-  auto it = names.find(linear->weight.unsafeGetTensorImpl());
-  QF_CHECK(it != names.end(), "a decoder linear's weight is missing from the model's weight table");
-  return {without_suffix(it->second, ".weight"), row_parallel, linear->weight, &linear->input_hook,
-          &linear->weight_hook};
-}
-
 // The TP group when a range spans a dimension TP splits (and there is more than one rank), else none.
 dist::Communicator* reduce_over(model::CausalLM& model, bool spans_split_dimension) {
   return spans_split_dimension && model.tp().size() > 1 ? &model.tp() : nullptr;
@@ -101,9 +80,10 @@ bool attach_to_linear(model::CausalLM& model, const LinearSite& site, const Quan
   if (is_excluded(site.name, settings.exclude)) return false;
   const QuantSpec weight = settings.weight_spec(), act = settings.act_spec();
   check_groups(site, weight, model.tp().size());
-  *site.weight_hook = quantizer_hook(weight, reduce_over(model, weight_range_spans_split(site, weight.granularity)));
+  site.weight_site->transform =
+      quantizer_hook(weight, reduce_over(model, weight_range_spans_split(site, weight.granularity)));
   // A row-parallel layer's input holds this rank's slice of the features; a column-parallel one's is whole.
-  *site.input_hook = quantizer_hook(act, reduce_over(model, site.row_parallel));
+  site.input->transform = quantizer_hook(act, reduce_over(model, site.row_parallel));
   return weight.enabled() || act.enabled();
 }
 
@@ -146,23 +126,6 @@ bool is_excluded(const std::string& name, const std::vector<std::string>& exclud
   return false;
 }
 
-std::vector<LinearSite> decoder_linears(model::CausalLM& model) {
-  const NamesByTensor names = names_by_tensor(model);
-  std::vector<LinearSite> sites;
-  for (auto& layer : model.layers) {
-    auto& attention = layer->attention;
-    sites.push_back(site_of(attention->q_proj, false, names));
-    sites.push_back(site_of(attention->k_proj, false, names));
-    sites.push_back(site_of(attention->v_proj, false, names));
-    sites.push_back(site_of(attention->o_proj, true, names));
-    auto& mlp = layer->mlp;
-    if (mlp->gate) sites.push_back(site_of(mlp->gate, false, names));
-    sites.push_back(site_of(mlp->up, false, names));
-    sites.push_back(site_of(mlp->down, true, names));
-  }
-  return sites;
-}
-
 AttachReport attach_quantizers(model::CausalLM& model, const QuantSettings& settings) {
   detach_quantizers(model);
   AttachReport report;
@@ -174,12 +137,10 @@ AttachReport attach_quantizers(model::CausalLM& model, const QuantSettings& sett
   const bool pre_rope = kv.granularity == Granularity::kToken;
   // Pre-RoPE ranges span every key/value head, which TP splits; post-RoPE ones lie inside one head.
   dist::Communicator* tp = reduce_over(model, pre_rope);
-  auto hook = [kv, tp](torch::Tensor& keys, torch::Tensor& values) {
-    keys = fake_quantize(keys, kv, tp);
-    values = fake_quantize(values, kv, tp);
-  };
   for (auto& layer : model.layers) {
-    (pre_rope ? layer->attention->kv_hook_pre_rope : layer->attention->kv_hook_post_rope) = hook;
+    auto& attention = *layer->attention;
+    (pre_rope ? attention.k_site : attention.k_cache_site).transform = quantizer_hook(kv, tp);
+    (pre_rope ? attention.v_site : attention.v_cache_site).transform = quantizer_hook(kv, tp);
     ++report.attention_layers;
   }
   return report;
@@ -187,19 +148,19 @@ AttachReport attach_quantizers(model::CausalLM& model, const QuantSettings& sett
 
 void detach_quantizers(model::CausalLM& model) {
   for (const LinearSite& site : decoder_linears(model)) {
-    *site.input_hook = nullptr;
-    *site.weight_hook = nullptr;
+    site.input->transform = nullptr;
+    site.weight_site->transform = nullptr;
   }
-  for (auto& layer : model.layers) {
-    layer->attention->kv_hook_pre_rope = nullptr;
-    layer->attention->kv_hook_post_rope = nullptr;
-  }
+  for (auto& layer : model.layers)
+    for (model::Site* site : {&layer->attention->k_site, &layer->attention->v_site, &layer->attention->k_cache_site,
+                              &layer->attention->v_cache_site})
+      site->transform = nullptr;
 }
 
 void bake_weight_quantizers(model::CausalLM& model) {
   torch::NoGradGuard no_grad;
   for (LinearSite& site : decoder_linears(model))
-    if (*site.weight_hook) site.weight.copy_((*site.weight_hook)(site.weight));
+    if (site.weight_site->transform) site.weight.copy_(site.weight_site->transform(site.weight));
 }
 
 }  // namespace qforge::quant

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "framework/config/config.h"
+#include "framework/model/sites.h"
 #include "framework/model/transformer.h"
 #include "quant/quantizer.h"
 
@@ -69,28 +70,21 @@ struct AttachReport {
   int64_t attention_layers = 0;   // attentions with a KV quantizer
 };
 
-// Sets the quantizer hooks of every decoder linear not matched by settings.exclude and of every attention
-// (replacing any set before). Throws UsageError when quant.group_size does not divide a weight's input columns
+// Sets the quantizers as the transforms of the input and weight sites of every decoder linear not matched by
+// settings.exclude and of the key/value sites of every attention (replacing any set before; observers stay). Throws UsageError when quant.group_size does not divide a weight's input columns
 // (or, for a row-parallel layer, the columns each TP rank holds).
 AttachReport attach_quantizers(model::CausalLM& model, const QuantSettings& settings);
 
-// Clears every quantizer hook: the model is full precision again.
+// Clears every quantizer transform: the model is full precision again.
 void detach_quantizers(model::CausalLM& model);
 
 // Replaces every quantized weight by its fake-quantized value, e.g. before saving the student as an ordinary
-// checkpoint. Collective over the model's TP group (ranges may be reduced). The hooks stay attached.
+// checkpoint. Collective over the model's TP group (ranges may be reduced). The transforms stay attached.
 void bake_weight_quantizers(model::CausalLM& model);
 
-// One decoder linear layer: its Hugging Face name ("model.layers.0.self_attn.q_proj") and its hooks.
-struct LinearSite {
-  std::string name;
-  bool row_parallel = false;
-  torch::Tensor weight;  // this rank's shard
-  model::TensorHook* input_hook = nullptr;
-  model::TensorHook* weight_hook = nullptr;
-};
-// Every decoder linear of `model`, in layer order.
-std::vector<LinearSite> decoder_linears(model::CausalLM& model);
+// The decoder linears and their sites live in the framework (framework/model/sites.h).
+using model::decoder_linears;
+using model::LinearSite;
 
 // Whether `name` contains one of the `exclude` substrings.
 bool is_excluded(const std::string& name, const std::vector<std::string>& exclude);

@@ -267,7 +267,7 @@ TEST(Qat, BakingWritesTheFakeQuantizedWeightsAndKeepsTheFunction) {
     torch::Tensor ids = model::random_ids(2, 7, 250, 5);
     attach_quantizers(model, qat_settings("4-16-16", "pre_rope", "channel"));
     std::vector<torch::Tensor> expected;
-    for (const LinearSite& site : decoder_linears(model)) expected.push_back((*site.weight_hook)(site.weight).detach());
+    for (const LinearSite& site : decoder_linears(model)) expected.push_back(site.weight_site->transform(site.weight).detach());
     torch::Tensor before = full_logits(model, ids);
     bake_weight_quantizers(model);
     const auto sites = decoder_linears(model);
@@ -290,7 +290,7 @@ TEST(Qat, AttachReportCountsEveryDecoderLinearAndDetachRestores) {
     EXPECT_EQ(report.quantized_linears, per_layer * config.num_layers) << name;
     EXPECT_EQ(report.attention_layers, config.num_layers) << name;
     for (const LinearSite& site : decoder_linears(model))
-      EXPECT_TRUE(*site.weight_hook && *site.input_hook) << site.name;
+      EXPECT_TRUE(site.weight_site->transform && site.input->transform) << site.name;
     const double change = (full_logits(model, ids) - fp).abs().max().item<double>();
     EXPECT_GT(change, 1e-4) << name << ": W4A8KV4 must change the logits";
 
@@ -301,10 +301,10 @@ TEST(Qat, AttachReportCountsEveryDecoderLinearAndDetachRestores) {
     EXPECT_EQ(report.attention_layers, 0) << name;
     for (const LinearSite& site : decoder_linears(model)) {
       const bool excluded = site.name.find("q_proj") != std::string::npos || site.name.find("layers.1.") != std::string::npos;
-      EXPECT_EQ(static_cast<bool>(*site.weight_hook), !excluded) << site.name;
-      EXPECT_FALSE(*site.input_hook) << site.name << ": activations are 16-bit";
+      EXPECT_EQ(static_cast<bool>(site.weight_site->transform), !excluded) << site.name;
+      EXPECT_FALSE(site.input->transform) << site.name << ": activations are 16-bit";
     }
-    EXPECT_FALSE(model.layers[0]->attention->kv_hook_pre_rope) << "re-attaching replaces the earlier hooks";
+    EXPECT_FALSE(model.layers[0]->attention->k_site.transform) << "re-attaching replaces the earlier transforms";
 
     detach_quantizers(model);
     EXPECT_TRUE(torch::equal(full_logits(model, ids), fp)) << name;
@@ -443,8 +443,10 @@ TEST(Qat, ActivationAndKvQuantizersAreBitwiseTheSameUnderEveryTp) {
       attach_quantizers(reference, settings);
       auto& ref_attention = reference.layers[0]->attention;
       torch::Tensor ref_keys = keys.clone(), ref_values = values.clone();
-      (std::string(place) == "pre_rope" ? ref_attention->kv_hook_pre_rope : ref_attention->kv_hook_post_rope)(ref_keys, ref_values);
-      torch::Tensor ref_features = ref_attention->o_proj->input_hook(features);
+      const bool pre = std::string(place) == "pre_rope";
+      ref_keys = (pre ? ref_attention->k_site : ref_attention->k_cache_site)(ref_keys);
+      ref_values = (pre ? ref_attention->v_site : ref_attention->v_cache_site)(ref_values);
+      torch::Tensor ref_features = ref_attention->o_proj->input_site(features);
       for (int tp : tp_sizes()) {
         dist::Grid grid(runtime(), tp);
         CausalLM sharded(config, grid.tp_group());
@@ -452,13 +454,14 @@ TEST(Qat, ActivationAndKvQuantizersAreBitwiseTheSameUnderEveryTp) {
         auto& attention = sharded.layers[0]->attention;
         const int64_t heads = config.num_kv_heads / tp, rank = grid.tp_rank();
         torch::Tensor k = keys.narrow(1, rank * heads, heads).clone(), v = values.narrow(1, rank * heads, heads).clone();
-        (std::string(place) == "pre_rope" ? attention->kv_hook_pre_rope : attention->kv_hook_post_rope)(k, v);
-        torch::Tensor x = attention->o_proj->input_hook(features.narrow(-1, rank * hidden / tp, hidden / tp));
+        k = (pre ? attention->k_site : attention->k_cache_site)(k);
+        v = (pre ? attention->v_site : attention->v_cache_site)(v);
+        torch::Tensor x = attention->o_proj->input_site(features.narrow(-1, rank * hidden / tp, hidden / tp));
         const std::string where = fmt::format("{} under TP {}", settings.describe(), tp);
         EXPECT_TRUE(torch::equal(grid.tp_group().all_gather(k.contiguous(), 1), ref_keys)) << where << ": keys";
         EXPECT_TRUE(torch::equal(grid.tp_group().all_gather(v.contiguous(), 1), ref_values)) << where << ": values";
         EXPECT_TRUE(torch::equal(grid.tp_group().all_gather(x.contiguous(), -1), ref_features)) << where << ": o_proj input";
-        EXPECT_TRUE(torch::equal(attention->q_proj->input_hook(features), reference.layers[0]->attention->q_proj->input_hook(features)))
+        EXPECT_TRUE(torch::equal(attention->q_proj->input_site(features), reference.layers[0]->attention->q_proj->input_site(features)))
             << where << ": q_proj input";
       }
     }
@@ -472,7 +475,7 @@ std::map<std::string, torch::Tensor> quantized_weights(CausalLM& model) {
   torch::NoGradGuard no_grad;
   for (const LinearSite& site : decoder_linears(model)) {
     model::WeightEntry e = entries.at(site.name + ".weight");
-    e.param = *site.weight_hook ? (*site.weight_hook)(site.weight) : site.weight;
+    e.param = site.weight_site->transform ? site.weight_site->transform(site.weight) : site.weight;
     weights[site.name] = model::gather_full(e, model.tp());
   }
   return weights;
@@ -675,7 +678,7 @@ TEST(Pack, ExportedCheckpointLoadsBackAsTheQuantizedWeights) {
         continue;
       }
       const QuantSpec spec = settings.weight_spec();
-      torch::Tensor fake = (*site->second.weight_hook)(original[i].param);
+      torch::Tensor fake = site->second.weight_site->transform(original[i].param);
       // (2^b - 1) steps span at most twice the largest |w| (the asymmetric range holds 0).
       const double bound = original[i].param.abs().max().item<double>() * 2 * kFp16ScaleRounding;
       const double error = (mine[i].param - fake).abs().max().item<double>();

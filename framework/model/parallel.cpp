@@ -77,8 +77,6 @@ struct VocabParallelCrossEntropy : torch::autograd::Function<VocabParallelCrossE
   }
 };
 
-torch::Tensor apply_hook(const TensorHook& hook, const torch::Tensor& x) { return hook ? hook(x) : x; }
-
 }  // namespace
 
 void WeightTable::add(std::string name, torch::Tensor param, std::vector<int64_t> full_shape, ShardSpec spec) {
@@ -110,7 +108,7 @@ std::pair<int64_t, int64_t> shard_range(int64_t extent, const dist::Communicator
 
 ColumnParallelLinearImpl::ColumnParallelLinearImpl(const std::string& name, int64_t in, int64_t out, bool with_bias,
                                                    dist::Communicator& tp, WeightTable& table)
-    : tp_(tp) {
+    : name_(name), tp_(tp) {
   auto [start, length] = shard_range(out, tp);
   weight = register_parameter("weight", torch::empty({length, in}));
   table.add(name + ".weight", weight, {out, in}, ShardSpec{0, start, length, out});
@@ -121,13 +119,13 @@ ColumnParallelLinearImpl::ColumnParallelLinearImpl(const std::string& name, int6
 }
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& x) {
-  torch::Tensor input = apply_hook(input_hook, copy_to_tp(x, tp_));
-  return torch::nn::functional::linear(input, apply_hook(weight_hook, weight), bias);
+  torch::Tensor input = input_site(copy_to_tp(x, tp_));
+  return torch::nn::functional::linear(input, weight_site(weight), bias);
 }
 
 RowParallelLinearImpl::RowParallelLinearImpl(const std::string& name, int64_t in, int64_t out, bool with_bias,
                                              dist::Communicator& tp, WeightTable& table)
-    : tp_(tp) {
+    : name_(name), tp_(tp) {
   auto [start, length] = shard_range(in, tp);
   weight = register_parameter("weight", torch::empty({out, length}));
   table.add(name + ".weight", weight, {out, in}, ShardSpec{1, start, length, in});
@@ -138,7 +136,7 @@ RowParallelLinearImpl::RowParallelLinearImpl(const std::string& name, int64_t in
 }
 
 torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& x) {
-  torch::Tensor partial = torch::nn::functional::linear(apply_hook(input_hook, x), apply_hook(weight_hook, weight));
+  torch::Tensor partial = torch::nn::functional::linear(input_site(x), weight_site(weight));
   torch::Tensor y = reduce_from_tp(partial, tp_);
   return bias.defined() ? y + bias : y;
 }
@@ -174,8 +172,8 @@ VocabParallelHeadImpl::VocabParallelHeadImpl(const std::string& name, int64_t vo
 }
 
 torch::Tensor VocabParallelHeadImpl::forward(const torch::Tensor& x) {
-  torch::Tensor input = apply_hook(input_hook, copy_to_tp(x, tp_));
-  torch::Tensor logits = torch::nn::functional::linear(input, apply_hook(weight_hook, weight));
+  torch::Tensor input = input_site(copy_to_tp(x, tp_));
+  torch::Tensor logits = torch::nn::functional::linear(input, weight_site(weight));
   const int64_t real = std::max<int64_t>(0, std::min(length_, vocab_ - start_));
   if (real == length_) return logits;
   torch::Tensor padding = torch::arange(length_) >= real;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "framework/dist/communicator.h"
+#include "framework/model/sites.h"
 
 #include <torch/torch.h>
 
@@ -45,9 +46,6 @@ class WeightTable {
   std::vector<WeightEntry> entries_;
 };
 
-// A function applied to a tensor on its way into a computation (quantizers attach here); empty: identity.
-using TensorHook = std::function<torch::Tensor(const torch::Tensor&)>;
-
 torch::Tensor copy_to_tp(const torch::Tensor& x, dist::Communicator& tp);
 torch::Tensor reduce_from_tp(const torch::Tensor& x, dist::Communicator& tp);
 
@@ -59,10 +57,12 @@ class ColumnParallelLinearImpl : public torch::nn::Module {
   ColumnParallelLinearImpl(const std::string& name, int64_t in, int64_t out, bool bias, dist::Communicator& tp,
                            WeightTable& table);
   torch::Tensor forward(const torch::Tensor& x);
+  const std::string& name() const { return name_; }  // Hugging Face module name
   torch::Tensor weight, bias;
-  TensorHook input_hook, weight_hook;
+  Site input_site, weight_site;
 
  private:
+  std::string name_;
   dist::Communicator& tp_;
 };
 TORCH_MODULE(ColumnParallelLinear);
@@ -73,10 +73,12 @@ class RowParallelLinearImpl : public torch::nn::Module {
                         WeightTable& table);
   // `x` holds this rank's slice of the input features.
   torch::Tensor forward(const torch::Tensor& x);
+  const std::string& name() const { return name_; }  // Hugging Face module name
   torch::Tensor weight, bias;
-  TensorHook input_hook, weight_hook;
+  Site input_site, weight_site;
 
  private:
+  std::string name_;
   dist::Communicator& tp_;
 };
 TORCH_MODULE(RowParallelLinear);
@@ -106,7 +108,7 @@ class VocabParallelHeadImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
   int64_t vocab_start() const { return start_; }
   torch::Tensor weight;
-  TensorHook input_hook, weight_hook;
+  Site input_site, weight_site;
 
  private:
   dist::Communicator& tp_;

@@ -68,6 +68,7 @@ struct RecomputedBlock : torch::autograd::Function<RecomputedBlock> {
     torch::Tensor y;
     {
       torch::AutoGradMode enable(true);
+      ObserversPaused observed_in_the_forward_pass;
       y = block_of(ctx->saved_data["block"].toInt()).forward(x, saved[1], nullptr, nullptr);
     }
     torch::autograd::backward({y}, {grads[0]});
@@ -83,7 +84,7 @@ struct RecomputedBlock : torch::autograd::Function<RecomputedBlock> {
 // ---- Norm ----------------------------------------------------------------------------------------------------
 
 NormImpl::NormImpl(const std::string& name, const ModelConfig& config, int64_t dim, WeightTable& table)
-    : rms_(config.family == Family::kLlama), eps_(config.norm_eps) {
+    : name_(name), rms_(config.family == Family::kLlama), eps_(config.norm_eps) {
   weight = register_parameter("weight", torch::ones({dim}));
   table.add(name + ".weight", weight, {dim}, ShardSpec{});
   if (!rms_) {
@@ -93,17 +94,20 @@ NormImpl::NormImpl(const std::string& name, const ModelConfig& config, int64_t d
 }
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
-  if (!rms_) return torch::layer_norm(x.to(torch::kFloat), {x.size(-1)}, weight.to(torch::kFloat), bias.to(torch::kFloat), eps_).to(x.scalar_type());
   torch::Tensor x32 = x.to(torch::kFloat);
+  if (!rms_)
+    return output_site(
+        torch::layer_norm(x32, {x.size(-1)}, weight.to(torch::kFloat), bias.to(torch::kFloat), eps_).to(x.scalar_type()));
   torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
-  return weight * normed.to(x.scalar_type());
+  return output_site(weight * normed.to(x.scalar_type()));
 }
 
 // ---- Attention ---------------------------------------------------------------------------------------------
 
 AttentionImpl::AttentionImpl(const std::string& name, const ModelConfig& config, dist::Communicator& tp,
                              WeightTable& table)
-    : config_(config),
+    : name_(name),
+      config_(config),
       local_heads_(config.num_heads / tp.size()),
       local_kv_heads_(config.num_kv_heads / tp.size()) {
   const bool bias = config.family == Family::kOpt;
@@ -118,16 +122,16 @@ AttentionImpl::AttentionImpl(const std::string& name, const ModelConfig& config,
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* cache_keys,
                                      torch::Tensor* cache_values) {
   const int64_t batch = x.size(0), length = x.size(1), head_dim = config_.head_dim();
-  torch::Tensor q = q_proj(x).view({batch, length, local_heads_, head_dim}).transpose(1, 2);
-  torch::Tensor k = k_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2);
-  torch::Tensor v = v_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2);
-  if (kv_hook_pre_rope) kv_hook_pre_rope(k, v);
+  torch::Tensor q = q_site(q_proj(x).view({batch, length, local_heads_, head_dim}).transpose(1, 2));
+  torch::Tensor k = k_site(k_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2));
+  torch::Tensor v = v_site(v_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2));
   if (config_.family == Family::kLlama) {
     auto [cos, sin] = rotary_tables(positions, head_dim, config_.rope_theta);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
   }
-  if (kv_hook_post_rope) kv_hook_post_rope(k, v);
+  k = k_cache_site(k);
+  v = v_cache_site(v);
 
   torch::Tensor key_positions = positions;
   if (cache_keys) {
@@ -230,17 +234,33 @@ CausalLM::CausalLM(ModelConfig config, dist::Communicator& tp) : config_(std::mo
                                                    c.tie_word_embeddings ? &embed_tokens : nullptr));
 }
 
+torch::Tensor CausalLM::default_positions(int64_t batch, int64_t length) const {
+  return torch::arange(length, embed_tokens->weight.options().dtype(torch::kLong).requires_grad(false))
+      .unsqueeze(0)
+      .expand({batch, length});
+}
+
+torch::Tensor CausalLM::embed(const torch::Tensor& ids, const torch::Tensor& positions) {
+  torch::Tensor h = embed_tokens(ids.to(embed_tokens->weight.device()));
+  if (project_in) h = project_in(h);
+  if (embed_positions) h = h + embed_positions(positions + 2);  // OPT's learned positions start at offset 2
+  return h;
+}
+
+torch::Tensor CausalLM::finish(const torch::Tensor& hidden) {
+  torch::Tensor h = final_norm ? final_norm(hidden) : hidden;
+  if (project_out) h = project_out(h);
+  return head(h).to(torch::kFloat);
+}
+
 torch::Tensor CausalLM::forward(const torch::Tensor& input_ids, torch::Tensor positions, KvCache* cache) {
   const torch::Device device = embed_tokens->weight.device();
   const torch::Tensor ids = input_ids.to(device);
   const int64_t batch = ids.size(0), length = ids.size(1);
-  if (!positions.defined()) positions = torch::arange(length, torch::kLong).unsqueeze(0).expand({batch, length});
-  positions = positions.to(device);
+  positions = positions.defined() ? positions.to(device) : default_positions(batch, length);
   if (cache && positions.max().item<int64_t>() >= cache->capacity)
     throw Error(fmt::format("position {} is past the KV cache's capacity {}", positions.max().item<int64_t>(), cache->capacity));
-  torch::Tensor h = embed_tokens(ids);
-  if (project_in) h = project_in(h);
-  if (embed_positions) h = h + embed_positions(positions + 2);  // OPT's learned positions start at offset 2
+  torch::Tensor h = embed(ids, positions);
   const bool recompute = recompute_blocks && !cache && torch::GradMode::is_enabled();
   for (std::size_t i = 0; i < layers.size(); ++i) {
     if (recompute)
@@ -248,9 +268,7 @@ torch::Tensor CausalLM::forward(const torch::Tensor& input_ids, torch::Tensor po
     else
       h = layers[i](h, positions, cache ? &cache->keys[i] : nullptr, cache ? &cache->values[i] : nullptr);
   }
-  if (final_norm) h = final_norm(h);
-  if (project_out) h = project_out(h);
-  return head(h).to(torch::kFloat);
+  return finish(h);
 }
 
 KvCache CausalLM::make_cache(int64_t batch, int64_t capacity) const {

@@ -27,9 +27,12 @@ class NormImpl : public torch::nn::Module {
  public:
   NormImpl(const std::string& name, const ModelConfig& config, int64_t dim, WeightTable& table);
   torch::Tensor forward(const torch::Tensor& x);
+  const std::string& name() const { return name_; }
   torch::Tensor weight, bias;
+  Site output_site;
 
  private:
+  std::string name_;
   bool rms_;
   double eps_;
 };
@@ -41,13 +44,15 @@ class AttentionImpl : public torch::nn::Module {
   // x [B, T, hidden]; positions [B, T]; cache: (keys, values) of this layer or undefined tensors.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* cache_keys,
                         torch::Tensor* cache_values);
+  const std::string& name() const { return name_; }  // "model.layers.0.self_attn"
   ColumnParallelLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr};
   RowParallelLinear o_proj{nullptr};
-  // Called on (keys, values) [B, local kv heads, T, head_dim] before RoPE and after it (before the cache):
-  // where KV-cache quantizers attach. Empty: identity.
-  std::function<void(torch::Tensor& keys, torch::Tensor& values)> kv_hook_pre_rope, kv_hook_post_rope;
+  // The projections' outputs [B, local heads, T, head_dim] before RoPE (KV quantizers attach at k and v for
+  // LLM-QAT's pre-RoPE place), and the keys and values the cache stores, after RoPE.
+  Site q_site, k_site, v_site, k_cache_site, v_cache_site;
 
  private:
+  std::string name_;
   const ModelConfig& config_;
   int64_t local_heads_, local_kv_heads_;
 };
@@ -89,6 +94,13 @@ class CausalLM : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& ids, torch::Tensor positions = {}, KvCache* cache = nullptr);
 
   KvCache make_cache(int64_t batch, int64_t capacity) const;
+
+  // forward() in stages, for calibration that walks the model one decoder block at a time:
+  // embed -> layers[i](h, positions, nullptr, nullptr) for each i -> finish == forward without a cache.
+  // `positions` [B, T] on the model's device (default_positions for 0..T-1 in every row).
+  torch::Tensor default_positions(int64_t batch, int64_t length) const;
+  torch::Tensor embed(const torch::Tensor& ids, const torch::Tensor& positions);
+  torch::Tensor finish(const torch::Tensor& hidden);  // final norm, OPT's project_out, head: fp32 logits
 
   const ModelConfig& config() const { return config_; }
   dist::Communicator& tp() { return tp_; }

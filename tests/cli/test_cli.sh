@@ -6,21 +6,7 @@ QFORGE=$1
 MPIEXEC=$2
 CONFIGS=$3
 SHARED=$4
-MPI=("$MPIEXEC" --oversubscribe)
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-failures=0
-passes=0
-
-check() {  # check NAME CONDITION-EXIT-CODE
-  if [ "$2" -eq 0 ]; then passes=$((passes + 1)); echo "ok   $1"; else failures=$((failures + 1)); echo "FAIL $1"; fi
-  return "$2"
-}
-run() {  # run OUT ERR -- command...: stores exit code in $code
-  local out=$1 err=$2; shift 3
-  "$@" >"$out" 2>"$err"; code=$?
-}
-show() { echo "--- stdout"; cat "$work/out"; echo "--- stderr"; cat "$work/err"; }
+source "$(dirname "${BASH_SOURCE[0]}")/cli_support.sh"
 
 # 1. A single process without mpirun.
 run "$work/out" "$work/err" -- "$QFORGE" env

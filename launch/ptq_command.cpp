@@ -1,0 +1,102 @@
+// qforge ptq: post-training weight quantization (GPTQ, or RTN) of a Hugging Face checkpoint, calibrated on a text
+// file or on a qforge corpus (data-free). Writes the fake-quantized model under output.dir as an ordinary Hugging
+// Face checkpoint (so `qforge eval ppl --model OUT` measures it), its tokenizer, and ptq.json: per linear the
+// reconstruction error ||WX - QX||^2 of the method and of RTN, the time, and the settings.
+#include "launch/model_commands.h"
+
+#include "framework/common/error.h"
+#include "framework/eval/perplexity.h"
+#include "framework/io/corpus.h"
+#include "framework/log/log.h"
+#include "framework/model/checkpoint_io.h"
+#include "framework/tokenizer/tokenizer.h"
+#include "quant/calibration.h"
+#include "quant/ptq.h"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+
+namespace qforge {
+namespace fs = std::filesystem;
+namespace {
+
+// Every calibration sequence of the job [nsamples, seq_len] (the same on every rank), and where it came from.
+std::pair<torch::Tensor, std::string> calibration_sequences(const QforgeConfig& c, const model::ModelConfig& model) {
+  const quant::PtqSettings& p = c.ptq;
+  const bool random = p.calib_windows == "random";
+  const auto seed = static_cast<uint32_t>(p.seed);
+  auto check_length = [&](int64_t seq_len) {
+    if (seq_len < 1 || seq_len > model.max_positions)
+      throw UsageError(fmt::format("ptq.seq_len = {} must be in [1, {}] (the model's context)", seq_len,
+                                   model.max_positions));
+    return seq_len;
+  };
+  if (!p.calib_corpus.empty()) {
+    io::CorpusReader corpus(p.calib_corpus);
+    corpus.check_vocabulary(model.vocab_size);
+    const int64_t seq_len = check_length(p.seq_len > 0 ? p.seq_len : std::min(corpus.seq_len(), model.max_positions));
+    return {quant::corpus_windows(corpus, p.nsamples, seq_len, random, seed),
+            fmt::format("corpus {}", p.calib_corpus)};
+  }
+  const int64_t seq_len = check_length(p.seq_len > 0 ? p.seq_len : model.max_positions);
+  auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
+  torch::Tensor tokens = eval::tokenize_text_file(p.calib, *tokenizer);
+  return {quant::text_windows(tokens, p.nsamples, seq_len, random, seed, p.calib), fmt::format("text {}", p.calib)};
+}
+
+void print_summary(const quant::PtqReport& report, const quant::PtqSettings& settings, const std::string& out) {
+  double error = 0, rtn = 0;
+  for (const auto& l : report.linears) {
+    error += std::max(0.0, l.error);
+    rtn += std::max(0.0, l.rtn_error);
+  }
+  std::printf("ptq: %s, %zu linear layers in %.1f s; model in %s\n", settings.describe().c_str(),
+              report.linears.size(), report.seconds, out.c_str());
+  if (report.sequences > 0)
+    std::printf("ptq: reconstruction error sum ||WX - QX||^2: %s %.6g, rtn %.6g (%.1f%% of rtn)\n",
+                settings.method.c_str(), error, rtn, rtn > 0 ? 100.0 * error / rtn : 0.0);
+}
+
+}  // namespace
+
+int run_ptq(CommandContext& context) {
+  const QforgeConfig& c = context.config;
+  const quant::PtqSettings& p = c.ptq;
+  required_setting(c.model.path, "model.path", "model");
+  required_setting(c.output.dir, "output.dir", "output");
+  if (!p.calib.empty() && !p.calib_corpus.empty())
+    throw UsageError("ptq.calib and ptq.calib_corpus are both set: calibrate on a text (--calib) or on a corpus "
+                     "(--calib-corpus), not both");
+  const bool calibrated = !p.calib.empty() || !p.calib_corpus.empty();
+  if (p.method == "gptq" && !calibrated)
+    throw UsageError("ptq.method gptq needs calibration data: set --calib TEXT or --calib-corpus FILE.h5");
+  dist::Grid grid(context.runtime, c.parallel.tp);
+  auto model = load_model(context, grid);
+
+  torch::Tensor local;
+  if (calibrated) {
+    auto [sequences, source] = calibration_sequences(c, model->config());
+    local = quant::dp_share(sequences, grid.dp_group());
+    log::info("ptq: {} on {} sequences of {} tokens ({} windows) from {}; {}", p.describe(), sequences.size(0),
+              sequences.size(1), p.calib_windows, source, grid.describe());
+  }
+  const quant::PtqReport report = quant::run_ptq(*model, local, p, grid.dp_group());
+
+  const fs::path out = c.output.dir;
+  model::save_pretrained(*model, out.string(), /*write=*/grid.dp_rank() == 0);
+  if (context.runtime.rank() == 0) {
+    const std::string tokenizer = tokenizer_path(c.model);
+    fs::copy_file(tokenizer, out / fs::path(tokenizer).filename(), fs::copy_options::overwrite_existing);
+    print_summary(report, p, out.string());
+  }
+  nlohmann::json json = report.to_json(p);
+  json["model"] = c.model.path;
+  json["calibration_source"] = p.calib_corpus.empty() ? p.calib : p.calib_corpus;
+  json["layout"] = grid.describe();
+  write_outputs(context, "ptq.json", json.dump(2) + "\n");
+  return 0;
+}
+
+}  // namespace qforge
