@@ -81,7 +81,9 @@ TEST_F(GptqGolden, EveryCaseMatchesTheReference) {
     const GptqResult ours = gptq_quantize(W_, H_, options);
 
     EXPECT_TRUE(torch::equal(ours.g_idx, test::read_npy(case_dir / "g_idx.npy")));
-    if (options.act_order) EXPECT_TRUE(torch::equal(ours.perm, test::read_npy(case_dir / "perm.npy")));
+    if (options.act_order) {
+      EXPECT_TRUE(torch::equal(ours.perm, test::read_npy(case_dir / "perm.npy")));
+    }
     const torch::Tensor codes_equal = ours.codes == test::read_npy(case_dir / "qint.npy");
     const double codes_fraction = codes_equal.to(torch::kDouble).mean().item<double>();
     EXPECT_GE(codes_fraction, kMinCodesEqual);
@@ -91,8 +93,9 @@ TEST_F(GptqGolden, EveryCaseMatchesTheReference) {
     const torch::Tensor agreeing_rows = codes_equal.all(1).unsqueeze(1);
     const torch::Tensor scales = test::read_npy(case_dir / "scale.npy"), zeros = test::read_npy(case_dir / "zero.npy");
     ASSERT_EQ(ours.scales.sizes(), scales.sizes());
-    const torch::Tensor scale_rel = ((ours.scales - scales).abs() / scales.abs());
-    const torch::Tensor scale_ok = torch::where(agreeing_rows, scale_rel <= kScaleRtol, scale_rel <= kDivergedScaleRtol);
+    const torch::Tensor scale_rel = (ours.scales - scales).abs() / scales.abs();
+    const torch::Tensor scale_ok =
+        torch::where(agreeing_rows, scale_rel <= kScaleRtol, scale_rel <= kDivergedScaleRtol);
     EXPECT_TRUE(scale_ok.all().item<bool>()) << "largest relative scale difference " << scale_rel.max().item<double>();
     const torch::Tensor zero_ok = torch::where(agreeing_rows, ours.zeros == zeros, (ours.zeros - zeros).abs() <= 1);
     EXPECT_TRUE(zero_ok.all().item<bool>());
