@@ -53,14 +53,18 @@ inline Quantized quantize_value(float x, Grid grid, float maxq) {
   return {q, grid.scale * (q - grid.zero)};
 }
 
-// The reference's Hinv: the upper Cholesky factor of H^-1 (after dampening), via cholesky_inverse as it does.
+// The reference's Hinv: the upper Cholesky factor of H^-1 (after dampening), via cholesky_inverse as it does. Kept
+// in the layout LAPACK returns (column-major): the block update's matrix product then runs the BLAS kernel the
+// reference's does, with its rounding.
 torch::Tensor inverse_hessian_factor(torch::Tensor H, double percdamp) {
-  const torch::Tensor damp = percdamp * H.diagonal().mean();  // fp32, as `percdamp * torch.mean(torch.diag(H))`
+  // fp32, as `percdamp * torch.mean(torch.diag(H))`: the mean of a contiguous copy (a strided view sums in
+  // another order).
+  const torch::Tensor damp = percdamp * torch::diag(H).mean();
   H.diagonal().add_(damp);
   try {
     H = torch::linalg_cholesky(H);
     H = torch::cholesky_inverse(H);
-    return torch::linalg_cholesky(H, /*upper=*/true).contiguous();
+    return torch::linalg_cholesky(H, /*upper=*/true);
   } catch (const c10::Error&) {
     throw Error(fmt::format("GPTQ: the dampened Hessian is not positive definite (percdamp {}); collect more "
                             "calibration samples or raise ptq.percdamp",
@@ -147,7 +151,8 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
   torch::Tensor Q = torch::empty({rows, cols});
   torch::Tensor codes = torch::empty({rows, cols});
   std::vector<double> row_loss(rows, 0.0);
-  const float* hinv = Hinv.data_ptr<float>();
+  const torch::Tensor hinv_rows = Hinv.contiguous();  // row-major for the column loop's Hinv1[i, i:]
+  const float* hinv = hinv_rows.data_ptr<float>();
   const float* w = W.data_ptr<float>();
   float* q_out = Q.data_ptr<float>();
   float* code_out = codes.data_ptr<float>();
