@@ -142,7 +142,7 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
                  result.scales, result.zeros);
   if (options.act_order) {
     // torch.argsort is not stable: ties (e.g. dead columns, all 1) come out in libtorch's order, the reference's.
-    result.perm = torch::argsort(H.diagonal(), /*dim=*/0, /*descending=*/true);
+    result.perm = torch::argsort(torch::diag(H), /*dim=*/0, /*descending=*/true);
     W = W.index_select(1, result.perm).contiguous();
     H = H.index_select(0, result.perm).index_select(1, result.perm).contiguous();
   }
