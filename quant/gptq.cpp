@@ -101,7 +101,7 @@ torch::Tensor natural_g_idx(int64_t cols, int64_t group_size) {
 
 void check_gptq_options(const GptqOptions& options, int64_t columns, const std::string& layer) {
   if (options.bits < 2 || options.bits > 8)
-    throw UsageError(fmt::format("ptq.bits must be 2..8 for {}, got {}", layer, options.bits));
+    throw UsageError(fmt::format("ptq.wbits must be 2..8 for {}, got {}", layer, options.bits));
   if (options.group_size == 0 || options.group_size < -1 || options.group_size > columns)
     throw UsageError(fmt::format("ptq.group_size must be -1 (one group per row) or 1..{}, the input columns of {}, "
                                  "got {}",

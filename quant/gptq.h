@@ -25,7 +25,7 @@ struct GptqOptions {
   double percdamp = 0.01;        // dampening, as a fraction of the mean Hessian diagonal
 };
 
-// Throws UsageError naming the key (ptq.bits, ptq.group_size, ptq.block_size, ptq.percdamp), `layer` and what
+// Throws UsageError naming the key (ptq.wbits, ptq.group_size, ptq.block_size, ptq.percdamp), `layer` and what
 // was expected, for a weight of `columns` input columns: bits outside 2..8; group_size 0, < -1 or larger than
 // columns; block_size < 1; percdamp outside [0, 1). A group size that does not divide the columns is allowed (the
 // last group is shorter, as in the reference).

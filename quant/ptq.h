@@ -36,14 +36,14 @@ struct PtqSettings {  // config section `ptq`
   double percdamp = 0.01;                 // damping, fraction of mean(diag H)
   bool true_sequential = true;
   std::string row_parallel = "exact";     // exact | shard (per-rank Hessian block: cheaper, approximate)
-  std::string hessian_dtype = "float32";  // float32 | float64: accumulation and DP reduction of X^T X
+  std::string hessian_dtype = "float64";  // float64 | float32: accumulation and DP/TP reduction of X^T X
   std::string calib;                      // calibration text file
   std::string calib_corpus;               // or a qforge corpus (HDF5 from generate): data-free calibration
   std::string calib_windows = "random";   // random (seeded, as the reference) | consecutive (from the start)
   int64_t nsamples = 128;                 // calibration sequences
   int64_t seq_len = 0;                    // tokens per sequence; 0: the model's context (text), or the corpus's
   int64_t seed = 0;
-  int64_t batch_size = 8;                 // sequences per forward pass
+  int64_t batch_size = 1;                 // sequences per forward pass (1: the reference's; layout-independent)
   std::vector<std::string> exclude;       // substrings of linear names kept in full precision
 
   template <class V>
@@ -59,7 +59,7 @@ struct PtqSettings {  // config section `ptq`
     v("percdamp", percdamp, [](double p) { return p >= 0 && p < 1 ? std::string() : std::string("in [0, 1)"); });
     v("true_sequential", true_sequential);
     v("row_parallel", row_parallel, config::one_of({"exact", "shard"}));
-    v("hessian_dtype", hessian_dtype, config::one_of({"float32", "float64"}));
+    v("hessian_dtype", hessian_dtype, config::one_of({"float64", "float32"}));
     v("calib", calib);
     v("calib_corpus", calib_corpus);
     v("calib_windows", calib_windows, config::one_of({"random", "consecutive"}));

@@ -225,8 +225,8 @@ TEST(Gptq, BadSettingsNameTheirKey) {
     EXPECT_THROW(check_gptq_options(options, 64, "model.layers.0.mlp.up_proj"), UsageError);
     return error_of([&] { gptq_quantize(W, H, options); });
   };
-  EXPECT_NE(message([](GptqOptions& o) { o.bits = 1; }).find("ptq.bits"), std::string::npos);
-  EXPECT_NE(message([](GptqOptions& o) { o.bits = 9; }).find("ptq.bits"), std::string::npos);
+  EXPECT_NE(message([](GptqOptions& o) { o.bits = 1; }).find("ptq.wbits"), std::string::npos);
+  EXPECT_NE(message([](GptqOptions& o) { o.bits = 9; }).find("ptq.wbits"), std::string::npos);
   EXPECT_NE(message([](GptqOptions& o) { o.group_size = 0; }).find("ptq.group_size"), std::string::npos);
   EXPECT_NE(message([](GptqOptions& o) { o.group_size = -2; }).find("ptq.group_size"), std::string::npos);
   EXPECT_NE(message([](GptqOptions& o) { o.group_size = 65; }).find("ptq.group_size"), std::string::npos);
