@@ -154,8 +154,8 @@ GptqOptions PtqSettings::gptq_options() const {
 }
 
 std::string PtqSettings::describe() const {
-  std::string text = fmt::format("{} w{} {} {}", method, wbits, group_size < 0 ? "per-row" : fmt::format("g{}", group_size),
-                                 sym ? "sym" : "asym");
+  const std::string groups = group_size < 0 ? "per-row" : fmt::format("g{}", group_size);
+  std::string text = fmt::format("{} w{} {} {}", method, wbits, groups, sym ? "sym" : "asym");
   if (method == "gptq") {
     if (act_order) text += static_groups ? " act-order static-groups" : " act-order";
     if (!true_sequential) text += " not-true-sequential";

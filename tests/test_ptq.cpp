@@ -54,7 +54,8 @@ TEST(Sites, EverySiteIsObservedOnceAndObserversDetachByHandle) {
   EXPECT_EQ(sites.size(), 2u * (2 + 14 + 5) + 3);
   std::map<std::string, int> calls;
   std::vector<std::pair<model::Site*, model::Site::Handle>> handles;
-  for (auto& [name, site] : sites) handles.emplace_back(site, site->observe([&calls, n = name](const torch::Tensor&) { ++calls[n]; }));
+  for (auto& [name, site] : sites)
+    handles.emplace_back(site, site->observe([&calls, n = name](const torch::Tensor&) { ++calls[n]; }));
   model.forward(ids);
   for (auto& [name, site] : sites) EXPECT_EQ(calls[name], 1) << name;
   EXPECT_EQ(calls.count("model.layers.1.self_attn.k_cache"), 1u);
@@ -211,6 +212,59 @@ TEST(Ptq, EveryTpSizeGivesTheQuantizedWeightsOfOneProcess) {
       }
     }
   }
+}
+
+// Layer 0's linears from run_ptq equal gptq_quantize on Hessians built here: q/k/v from the RMSNorm of the
+// embedding rows written out by its formula; o_proj from the attention context of the full-precision block
+// (true-sequential off) or of the block with q/k/v already quantized (on).
+TEST(Ptq, TheDriverFeedsEachLinearTheHessianOfItsInputs) {
+  const model::ModelConfig config = model::llama(4, 2, false);
+  const torch::Tensor sequences = model::random_ids(6, 16, config.vocab_size, 3);
+  torch::NoGradGuard no_grad;
+  auto hessian_of = [](const torch::Tensor& x) {
+    torch::Tensor flat = x.reshape({-1, x.size(-1)}).to(torch::kDouble);
+    return (flat.t().mm(flat) * (2.0 / static_cast<double>(x.size(0)))).to(torch::kFloat);
+  };
+  std::map<bool, torch::Tensor> o_proj_by_mode;
+  for (bool true_sequential : {false, true}) {
+    PtqSettings settings = small_settings();
+    settings.true_sequential = true_sequential;
+    const GptqOptions options = settings.gptq_options();
+    CausalLM copy(config, runtime().self());
+    model::init_random(copy, 9, 0.2);
+    auto& attention = copy.layers[0]->attention;
+    torch::Tensor h = copy.embed_tokens->weight.index_select(0, sequences.reshape({-1})).view({6, 16, -1});
+    const torch::Tensor& norm_weight = copy.layers[0]->attention_norm->weight;
+    torch::Tensor x = h * torch::rsqrt(h.pow(2).mean(-1, true) + config.norm_eps) * norm_weight;
+    std::map<std::string, torch::Tensor> expected;
+    for (auto* linear : {&attention->q_proj, &attention->k_proj, &attention->v_proj}) {
+      torch::Tensor q = gptq_quantize((*linear)->weight, hessian_of(x), options).weight;
+      expected[(*linear)->name()] = q;
+      if (true_sequential) (*linear)->weight.copy_(q);
+    }
+    torch::Tensor context;
+    const auto handle = attention->o_proj->input_site.observe([&context](const torch::Tensor& c) { context = c; });
+    copy.layers[0](h, copy.default_positions(6, 16), nullptr, nullptr);
+    attention->o_proj->input_site.remove(handle);
+    expected[attention->o_proj->name()] = gptq_quantize(attention->o_proj->weight, hessian_of(context), options).weight;
+    o_proj_by_mode[true_sequential] = expected[attention->o_proj->name()];
+
+    CausalLM model(config, runtime().self());
+    model::init_random(model, 9, 0.2);
+    run_ptq(model, sequences, settings, runtime().self());
+    for (const model::LinearSite& site : model::decoder_linears(model)) {
+      auto it = expected.find(site.name);
+      if (it == expected.end()) continue;
+      const double equal = ((site.weight - it->second).abs() <=
+                            kSameCodeRelTol * torch::max(site.weight.abs(), it->second.abs()))
+                               .to(torch::kDouble)
+                               .mean()
+                               .item<double>();
+      EXPECT_GE(equal, kMinEqualCodes) << site.name << (true_sequential ? " (true-sequential)" : "");
+    }
+  }
+  EXPECT_FALSE(torch::allclose(o_proj_by_mode[false], o_proj_by_mode[true]))
+      << "o_proj must see quantized q/k/v under true-sequential, full-precision ones without it";
 }
 
 // ---- a real model ------------------------------------------------------------------------------------------

@@ -95,9 +95,10 @@ NormImpl::NormImpl(const std::string& name, const ModelConfig& config, int64_t d
 
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
   torch::Tensor x32 = x.to(torch::kFloat);
-  if (!rms_)
-    return output_site(
-        torch::layer_norm(x32, {x.size(-1)}, weight.to(torch::kFloat), bias.to(torch::kFloat), eps_).to(x.scalar_type()));
+  if (!rms_) {
+    torch::Tensor normed = torch::layer_norm(x32, {x.size(-1)}, weight.to(torch::kFloat), bias.to(torch::kFloat), eps_);
+    return output_site(normed.to(x.scalar_type()));
+  }
   torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
   return output_site(weight * normed.to(x.scalar_type()));
 }

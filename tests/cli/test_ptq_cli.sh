@@ -16,7 +16,8 @@ if [ ! -f "$SHARED/models/stories260K/stories260K.bin" ]; then
 fi
 stories="$SHARED/models/stories260K"
 text="$SHARED/data/tinystories/tinystories_val.txt"
-"$QFORGE" convert llama2c --in "$stories/stories260K.bin" --tokenizer "$stories/tok512.bin" --out "$work/stories" 2>/dev/null
+"$QFORGE" convert llama2c --in "$stories/stories260K.bin" --tokenizer "$stories/tok512.bin" --out "$work/stories" \
+  2>/dev/null
 ptq() {  # ptq RANKS OUTDIR [options...]
   local ranks=$1 out=$2; shift 2
   "${MPI[@]}" -np "$ranks" "$QFORGE" ptq --model "$work/stories" --output "$out" --nsamples 32 --seq-len 256 \
