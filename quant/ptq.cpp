@@ -93,10 +93,11 @@ class Quantizer {
     const bool gptq = settings_.method == "gptq";
     QF_CHECK(!gptq || hessian.defined(), site.name + ": GPTQ needs calibration data");
     torch::Tensor q = (gptq ? gptq_quantize(target, hessian, options_) : rtn_quantize(target, options_)).weight;
-    torch::Tensor q_local = split_rows && !shard ? tp_.all_gather(q.contiguous(), 0).narrow(1, r * local.size(1),
-                                                                                            local.size(1))
-                                                 : q;
-    site.weight.copy_(q_local);
+    if (split_rows && !shard) {  // back to this rank's columns
+      assign_columns(q, local.size(1), site.weight);
+    } else {
+      site.weight.copy_(q);
+    }
 
     LinearReport report;
     report.name = site.name;
@@ -113,6 +114,11 @@ class Quantizer {
   }
 
  private:
+  // Gathers every rank's quantized rows and keeps this rank's `width` columns, into `weight`.
+  void assign_columns(const torch::Tensor& q_rows, int64_t width, const torch::Tensor& weight) const {
+    weight.copy_(tp_.all_gather(q_rows.contiguous(), 0).narrow(1, tp_.rank() * width, width));
+  }
+
   // This rank's 1/tp of the rows of a full-width weight.
   torch::Tensor rows_of(const torch::Tensor& full) const {
     const int64_t rows = full.size(0) / tp_.size();
