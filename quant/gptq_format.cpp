@@ -1,24 +1,16 @@
 #include "quant/gptq_format.h"
 
 #include "framework/common/error.h"
+#include "framework/common/shape_text.h"
+#include "quant/pack.h"
 
 #include <fstream>
 #include <numeric>
-#include <sstream>
 
 namespace qforge::quant {
 namespace {
 
 constexpr int64_t kWordBits = 32;
-constexpr int64_t kWordMask = 0xFFFFFFFFLL;
-
-std::string shape_of(const torch::Tensor& t) {
-  std::ostringstream text;
-  text << "[";
-  for (int64_t d = 0; d < t.dim(); ++d) text << (d ? ", " : "") << t.size(d);
-  text << "]";
-  return text.str();
-}
 
 std::string dtype_of(const torch::Tensor& t) { return std::string(c10::toString(t.scalar_type())); }
 
@@ -50,46 +42,22 @@ void check_output_features(int64_t out, int bits, const std::string& layer) {
                     " at " + std::to_string(bits) + " bits");
 }
 
-// values int64 [N, M] with N a multiple of run_values(bits), each in [0, 2^bits): int32 [N * bits / 32, M], each
-// run of values one LSB-first bit stream over its words.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "packed words are read as little-endian int32");
+
+// values int64 [N, M] (N a multiple of run_values(bits), each in [0, 2^bits)) -> int32 [N * bits / 32, M]: each
+// column as one LSB-first bit stream (pack_bit_rows, pack.h), read as little-endian 32-bit words. A run of
+// run_values(bits) values fills whole words, so runs never share a word.
 torch::Tensor pack_rows(const torch::Tensor& values, int bits) {
-  const int64_t n = run_values(bits), w = run_words(bits);
-  const int64_t runs = values.size(0) / n, m = values.size(1);
-  const torch::Tensor v = values.reshape({runs, n, m});
-  const auto opts = torch::TensorOptions().dtype(torch::kLong);
-  const torch::Tensor start = torch::arange(n, opts) * bits;  // stream bit of each value of a run
-  std::vector<torch::Tensor> words;
-  for (int64_t k = 0; k < w; ++k) {
-    // Value j lands in word k at shift s = start_j - 32k when -bits < s < 32 (s < 0: its high bits only).
-    const torch::Tensor s = (start - kWordBits * k).view({1, n, 1});
-    const torch::Tensor left = torch::bitwise_left_shift(v, s.clamp_min(0));
-    const torch::Tensor right = torch::bitwise_right_shift(v, (-s).clamp_min(0));
-    const torch::Tensor inside = (s > -bits) & (s < kWordBits);
-    const torch::Tensor part = torch::where(s >= 0, left, right).bitwise_and(kWordMask) * inside;
-    words.push_back(part.sum(1));  // the parts' bits do not overlap: their sum is their OR
-  }
-  torch::Tensor packed = torch::stack(words, 1).reshape({runs * w, m});
-  packed = torch::where(packed >= (int64_t{1} << 31), packed - (int64_t{1} << 32), packed);  // as int32 bits
-  return packed.to(torch::kInt).contiguous();
+  const torch::Tensor bytes = pack_bit_rows(values.t().to(torch::kByte).contiguous(), bits);  // [M, N * bits / 8]
+  return bytes.view(torch::kInt).t().contiguous();
 }
 
-// The inverse: int32 words [R * bits / 32 ... ] -> int64 [N, M] with N = words.size(0) * 32 / bits.
+// The inverse: int32 words [R, M] -> int64 [R * 32 / bits, M].
 torch::Tensor unpack_rows(const torch::Tensor& packed, int bits) {
-  const int64_t n = run_values(bits), w = run_words(bits);
-  const int64_t runs = packed.size(0) / w, m = packed.size(1);
-  const torch::Tensor words = packed.to(torch::kLong).bitwise_and(kWordMask).reshape({runs, w, m});
-  const auto opts = torch::TensorOptions().dtype(torch::kLong);
-  const torch::Tensor start = torch::arange(n, opts) * bits;
-  const torch::Tensor word = torch::div(start, kWordBits, "floor");
-  const torch::Tensor shift = start - word * kWordBits;
-  const torch::Tensor next = (word + 1).clamp_max(w - 1);
-  const torch::Tensor low = torch::bitwise_right_shift(words.index_select(1, word), shift.view({1, n, 1}));
-  // A value that straddles two words takes its high bits from the next word's low bits.
-  const torch::Tensor straddles = (shift + bits > kWordBits).view({1, n, 1});
-  const torch::Tensor high =
-      torch::bitwise_left_shift(words.index_select(1, next), (kWordBits - shift).clamp_max(31).view({1, n, 1})) *
-      straddles;
-  return (low + high).bitwise_and((int64_t{1} << bits) - 1).reshape({runs * n, m});
+  // A fresh row-major copy: a view of it as bytes needs unit stride along words even when R is 1.
+  const torch::Tensor words = torch::empty({packed.size(1), packed.size(0)}, torch::kInt).copy_(packed.t());
+  const torch::Tensor bytes = words.view(torch::kByte);  // [M, R * 4]
+  return unpack_bit_rows(bytes, bits, packed.size(0) * kWordBits / bits).t().to(torch::kLong);
 }
 
 // Exact integers of `t` as int64 (throws when a value is not an integer).
@@ -144,18 +112,19 @@ GptqPacked pack_gptq(const torch::Tensor& codes, const torch::Tensor& scales, co
                      const torch::Tensor& g_idx, int bits, GptqCheckpointFormat format, const std::string& layer) {
   check_bits(bits, layer);
   if (codes.dim() != 2 || codes.is_floating_point())
-    fail(layer, "codes must be an integer [out, in] tensor, got " + dtype_of(codes) + " " + shape_of(codes));
+    fail(layer, "codes must be an integer [out, in] tensor, got " + dtype_of(codes) + " " + shape_text(codes.sizes()));
   const int64_t out = codes.size(0), in = codes.size(1);
   check_input_features(in, bits, layer);
   check_output_features(out, bits, layer);
   if (scales.dim() != 2 || scales.size(0) != out || scales.size(1) < 1)
-    fail(layer, "scales " + shape_of(scales) + " must be [out, groups] = [" + std::to_string(out) + ", groups]");
+    fail(layer, "scales " + shape_text(scales.sizes()) + " must be [out, groups] = [" + std::to_string(out) +
+                    ", groups]");
   const int64_t groups = scales.size(1);
   if (!zeros.sizes().equals(scales.sizes()))
-    fail(layer, "zeros " + shape_of(zeros) + " must have the scales' shape " + shape_of(scales));
+    fail(layer, "zeros " + shape_text(zeros.sizes()) + " must have the scales' shape " + shape_text(scales.sizes()));
   if (g_idx.dim() != 1 || g_idx.size(0) != in || g_idx.is_floating_point())
     fail(layer, "g_idx must be an integer [in] = [" + std::to_string(in) + "] tensor, got " + dtype_of(g_idx) + " " +
-                    shape_of(g_idx));
+                    shape_text(g_idx.sizes()));
   const int64_t maxq = (int64_t{1} << bits) - 1;
   const torch::Tensor q = codes.to(torch::kLong);
   check_range(q, 0, maxq, "codes", layer);
@@ -167,12 +136,7 @@ GptqPacked pack_gptq(const torch::Tensor& codes, const torch::Tensor& scales, co
     fail(layer, "a zero point of 0 cannot be stored in checkpoint_format \"gptq\" (v1 stores zero - 1); "
                 "write checkpoint_format \"gptq_v2\" instead");
 
-  const torch::Tensor s32 = scales.to(torch::kFloat);
-  if (!torch::isfinite(s32).all().item<bool>()) fail(layer, "scales hold a value that is not finite");
-  const torch::Tensor s16 = s32.to(torch::kHalf);
-  if (!torch::isfinite(s16).all().item<bool>())
-    fail(layer, "a scale of magnitude " + std::to_string(s32.abs().max().item<double>()) + " overflows fp16");
-  if (((s16 == 0) & (s32 != 0)).any().item<bool>()) fail(layer, "a nonzero scale underflows to 0 in fp16");
+  const torch::Tensor s16 = fp16_scales(scales, "GPTQ format, layer " + layer);
 
   GptqPacked packed;
   packed.qweight = pack_rows(q.t(), bits);
@@ -186,19 +150,17 @@ void check_gptq_packed(const GptqPacked& packed, int bits, const std::string& la
   check_bits(bits, layer);
   const auto expect = [&](const torch::Tensor& t, const char* name, torch::ScalarType dtype,
                           std::vector<int64_t> shape) {
-    if (!t.defined() || t.scalar_type() != dtype || !t.sizes().equals(shape)) {
-      std::string wanted = "[";
-      for (size_t d = 0; d < shape.size(); ++d) wanted += (d ? ", " : "") + std::to_string(shape[d]);
-      fail(layer, std::string(name) + " is " + (t.defined() ? dtype_of(t) + " " + shape_of(t) : "missing") +
-                      ", expected " + std::string(c10::toString(dtype)) + " " + wanted + "]");
-    }
+    if (!t.defined() || t.scalar_type() != dtype || !t.sizes().equals(shape))
+      fail(layer, std::string(name) + " is " +
+                      (t.defined() ? dtype_of(t) + " " + shape_text(t.sizes()) : std::string("missing")) +
+                      ", expected " + std::string(c10::toString(dtype)) + " " + shape_text(shape));
   };
   if (!packed.g_idx.defined() || packed.g_idx.dim() != 1) fail(layer, "g_idx must be a 1-d [in] tensor");
   if (!packed.scales.defined() || packed.scales.dim() != 2) fail(layer, "scales must be a 2-d [groups, out] tensor");
   const int64_t in = packed.g_idx.size(0), groups = packed.scales.size(0), out = packed.scales.size(1);
   check_input_features(in, bits, layer);
   check_output_features(out, bits, layer);
-  if (groups < 1) fail(layer, "scales " + shape_of(packed.scales) + " hold no group");
+  if (groups < 1) fail(layer, "scales " + shape_text(packed.scales.sizes()) + " hold no group");
   expect(packed.g_idx, "g_idx", torch::kInt, {in});
   expect(packed.scales, "scales", torch::kHalf, {groups, out});
   expect(packed.qweight, "qweight", torch::kInt, {in * bits / kWordBits, out});

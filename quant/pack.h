@@ -35,6 +35,17 @@ struct PackedTensor {
   QuantSpec spec() const { return {bits, symmetric, granularity, group_size, 0.0}; }
 };
 
+// LSB-first bit streams, shared by this layout and the GPTQ checkpoint format (gptq_format.h): each row of
+// `codes` (uint8 [rows, n], values < 2^bits) becomes one stream, value j in bits [j*bits, (j+1)*bits), bit 0 of
+// byte 0 first: uint8 [rows, ceil(n * bits / 8)]. Rows go in blocks (temporaries of about 16 MiB).
+torch::Tensor pack_bit_rows(const torch::Tensor& codes, int bits);
+// The inverse: the first `columns` values of each row, uint8 [rows, columns].
+torch::Tensor unpack_bit_rows(const torch::Tensor& bytes, int bits, int64_t columns);
+
+// `scales` rounded to fp16, for storage. Throws Error "`where`: ..." when one is not finite, overflows fp16, or is
+// nonzero and underflows to 0.
+torch::Tensor fp16_scales(const torch::Tensor& scales, const std::string& where);
+
 // Packs a weight [out, in] (spec: tensor, channel or group granularity, 2..8 bits). Throws Error when a scale
 // leaves fp16's range (overflows, or underflows to 0).
 PackedTensor pack(const torch::Tensor& weight, const QuantSpec& spec);

@@ -70,10 +70,9 @@ class Quantizer {
     return {std::move(accumulator), handle};
   }
 
-  // Quantizes one linear in place given the full sum X^T X over the job (undefined: no calibration).
-  LinearReport quantize(const LinearSite& site, const torch::Tensor& device_sum, int64_t sequences) {
+  // Quantizes one linear in place given the full sum X^T X over the job, on the host (undefined: no calibration).
+  LinearReport quantize(const LinearSite& site, const torch::Tensor& sum, int64_t sequences) {
     torch::NoGradGuard no_grad;
-    const torch::Tensor sum = device_sum.defined() ? device_sum.cpu() : device_sum;
     const auto start = Clock::now();
     const int n = tp_.size(), r = tp_.rank();
     const bool split_rows = site.row_parallel && n > 1;  // row-parallel: columns are split over TP
@@ -254,7 +253,7 @@ PtqReport run_ptq(model::CausalLM& model, const torch::Tensor& sequences, const 
       std::map<LinearInput, torch::Tensor> full_sums;
       for (auto& [input, accumulator] : sums) {
         accumulator->reduce(dp);
-        full_sums[input] = accumulator->gathered_sum(model.tp());
+        full_sums[input] = accumulator->gathered_sum(model.tp()).cpu();  // GPTQ runs on the host
       }
       for (const LinearSite* site : members) {
         auto it = full_sums.find(site->input_kind);

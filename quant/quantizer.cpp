@@ -1,6 +1,7 @@
 #include "quant/quantizer.h"
 
 #include "framework/common/error.h"
+#include "framework/common/shape_text.h"
 
 #include <fmt/format.h>
 
@@ -9,8 +10,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-std::string shape_text(torch::IntArrayRef shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
 double symmetric_qmax(int bits) { return static_cast<double>((1 << (bits - 1)) - 1); }
 double asymmetric_levels(int bits) { return static_cast<double>((1 << bits) - 1); }

@@ -2,6 +2,7 @@
 
 #include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
+#include "framework/common/shape_text.h"
 #include "framework/io/safetensors.h"
 #include "framework/log/log.h"
 
@@ -12,12 +13,6 @@
 
 namespace qforge::model {
 namespace fs = std::filesystem;
-
-namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
-
-}  // namespace
 
 void load_entry(const WeightEntry& e, const io::Checkpoint& checkpoint, const std::string& dir) {
   if (!checkpoint.contains(e.name))
