@@ -142,6 +142,11 @@ void write_outputs(const CommandContext& context, const std::string& name, const
   log::info("wrote {} and {} to {}", name, config::kResolvedConfigName, dir);
 }
 
+void copy_tokenizer(const ModelSettings& model, const std::string& dir) {
+  const std::string tokenizer = tokenizer_path(model);
+  fs::copy_file(tokenizer, fs::path(dir) / fs::path(tokenizer).filename(), fs::copy_options::overwrite_existing);
+}
+
 std::string tokenizer_path(const ModelSettings& model) {
   if (!model.tokenizer.empty()) return model.tokenizer;
   for (const char* name : {"tokenizer.model", "tokenizer.bin"}) {

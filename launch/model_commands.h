@@ -18,6 +18,9 @@ std::string tokenizer_path(const ModelSettings& model);
 // model.path loaded over the grid's TP group with model.dtype on model.device.
 std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid);
 
+// Copies the model's tokenizer (tokenizer_path) into `dir`, beside a checkpoint a command wrote there.
+void copy_tokenizer(const ModelSettings& model, const std::string& dir);
+
 // `value`, or a UsageError naming the config key and its command-line option when it is empty.
 const std::string& required_setting(const std::string& value, const char* key, const char* option);
 // Rank 0 writes output.dir/`name` and the resolved config beside it (nothing when output.dir is empty).

@@ -87,8 +87,7 @@ int run_ptq(CommandContext& context) {
   const fs::path out = c.output.dir;
   model::save_pretrained(*model, out.string(), /*write=*/grid.dp_rank() == 0);
   if (context.runtime.rank() == 0) {
-    const std::string tokenizer = tokenizer_path(c.model);
-    fs::copy_file(tokenizer, out / fs::path(tokenizer).filename(), fs::copy_options::overwrite_existing);
+    copy_tokenizer(c.model, out.string());
     print_summary(report, p, out.string());
   }
   nlohmann::json json = report.to_json(p);

@@ -47,11 +47,8 @@ nlohmann::json export_student(CommandContext& context, model::CausalLM& student,
   const int64_t packed_bytes = quant::export_packed(student, c.quant, (out / "packed").string(), writer);
   quant::bake_weight_quantizers(student);
   model::save_pretrained(student, (out / "student").string(), writer);
-  if (context.runtime.rank() == 0) {
-    const std::string tokenizer = tokenizer_path(c.model);
-    for (const char* dir : {"student", "packed"})
-      fs::copy_file(tokenizer, out / dir / fs::path(tokenizer).filename(), fs::copy_options::overwrite_existing);
-  }
+  if (context.runtime.rank() == 0)
+    for (const char* dir : {"student", "packed"}) copy_tokenizer(c.model, (out / dir).string());
   context.runtime.world().barrier();
   const int64_t teacher_bytes = directory_bytes(c.model.path);
   const int64_t student_bytes = directory_bytes(out / "student");

@@ -63,6 +63,12 @@ inline torch::Tensor random_ids(int64_t batch, int64_t length, int64_t vocab, ui
   return torch::randint(vocab, {batch, length}, generator, torch::kLong);
 }
 
+// A seeded N(0, 1) fp32 tensor.
+inline torch::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return torch::randn(shape, generator, torch::kFloat);
+}
+
 inline void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, double abs_tol, double rel_tol,
                   const std::string& what) {
   ASSERT_EQ(actual.sizes(), expected.sizes()) << what;

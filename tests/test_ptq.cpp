@@ -21,6 +21,7 @@ namespace qforge::quant {
 namespace {
 namespace fs = std::filesystem;
 using model::CausalLM;
+using model::randn;
 using model::runtime;
 
 // Hessian sums are fp32 sums of products in another order on each DP layout: relative rounding of fp32 sums.
@@ -33,11 +34,6 @@ constexpr double kMinEqualCodes = 0.999;
 constexpr double kSameCodeRelTol = 1e-5;
 // The exact mode's reconstruction error under TP against one process's.
 constexpr double kErrorRelTol = 1e-3;
-
-torch::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-  return torch::randn(shape, generator, torch::kFloat);
-}
 
 std::vector<std::pair<std::string, model::ModelConfig>> configs() {
   return {{"llama-gqa", model::llama(8, 4, false)}, {"opt", model::opt(false)}};  // GQA that TP 4 can split

@@ -26,6 +26,7 @@ namespace {
 namespace fs = std::filesystem;
 using model::CausalLM;
 using model::ModelConfig;
+using model::randn;
 using model::runtime;
 using model::SharedDir;
 using model::tp_sizes;
@@ -51,11 +52,6 @@ torch::Tensor tensor2d(std::vector<std::vector<float>> rows) {
   std::vector<torch::Tensor> parts;
   for (auto& row : rows) parts.push_back(torch::tensor(row));
   return torch::stack(parts);
-}
-
-torch::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-  return torch::randn(shape, generator, torch::kFloat);
 }
 
 // The scale of every element (codes 1, zero points 0): what one quantization step is worth there.
