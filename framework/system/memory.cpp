@@ -1,0 +1,40 @@
+#include "framework/system/memory.h"
+
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+namespace qforge::sys {
+namespace {
+
+// The value of `key` ("VmRSS:") in /proc/self/status, in bytes (the file gives kB).
+int64_t status_bytes(const std::string& key) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.compare(0, key.size(), key) == 0) return std::strtoll(line.c_str() + key.size(), nullptr, 10) * 1024;
+  return 0;
+}
+
+}  // namespace
+
+int64_t current_rss_bytes() { return status_bytes("VmRSS:"); }
+int64_t peak_rss_bytes() { return status_bytes("VmHWM:"); }
+
+bool reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+  clear.flush();
+  return static_cast<bool>(clear);
+}
+
+std::string bytes_text(int64_t bytes) {
+  const double b = static_cast<double>(bytes);
+  if (b >= 1e9) return fmt::format("{:.2f} GB", b / 1e9);
+  if (b >= 1e6) return fmt::format("{:.1f} MB", b / 1e6);
+  return fmt::format("{:.1f} kB", b / 1e3);
+}
+
+}  // namespace qforge::sys
