@@ -6,6 +6,7 @@
 #include "framework/common/error.h"
 #include "framework/log/log.h"
 #include "framework/system/system_info.h"
+#include "quant/gptq_checkpoint.h"
 
 #include <fmt/format.h>
 
@@ -100,6 +101,7 @@ int run_qforge(dist::Runtime& runtime, const std::vector<std::string>& args) {
   }
 
   sys::configure_threads(config.runtime.threads, runtime.local_size());
+  quant::register_gptq_reader();  // load_pretrained then reads GPTQ checkpoints
   sys::warn_if_reference_blas();
   for (const auto& command : all_commands()) {
     if (command.spec.name != line.command) continue;

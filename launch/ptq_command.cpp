@@ -1,7 +1,8 @@
 // qforge ptq: post-training weight quantization (GPTQ, or RTN) of a Hugging Face checkpoint, calibrated on a text
-// file or on a qforge corpus (data-free). Writes the fake-quantized model under output.dir as an ordinary Hugging
-// Face checkpoint (so `qforge eval ppl --model OUT` measures it), its tokenizer, and ptq.json: per linear the
-// reconstruction error ||WX - QX||^2 of the method and of RTN, the time, and the settings.
+// file or on a qforge corpus (data-free). Writes (ptq.save) the model in the GPTQ checkpoint format under
+// output.dir/gptq, and/or fake-quantized as an ordinary Hugging Face checkpoint under output.dir (both load with
+// `qforge eval ppl --model DIR`), with the tokenizer, and ptq.json: per linear the reconstruction error
+// ||WX - QX||^2 of the method and of RTN, the time, and the settings.
 #include "launch/model_commands.h"
 
 #include "framework/common/error.h"
@@ -11,6 +12,7 @@
 #include "framework/model/checkpoint_io.h"
 #include "framework/tokenizer/tokenizer.h"
 #include "quant/calibration.h"
+#include "quant/gptq_checkpoint.h"
 #include "quant/ptq.h"
 
 #include <fmt/format.h>
@@ -70,6 +72,9 @@ int run_ptq(CommandContext& context) {
     throw UsageError("ptq.calib and ptq.calib_corpus are both set: calibrate on a text (--calib) or on a corpus "
                      "(--calib-corpus), not both");
   const bool calibrated = !p.calib.empty() || !p.calib_corpus.empty();
+  const bool gptq_format = p.save != "fake", fake = p.save != "gptq";
+  if (gptq_format)
+    quant::check_gptq_bits(p.wbits, "ptq.wbits", "set ptq.save=fake to write only the fake-quantized model");
   if (p.method == "gptq" && !calibrated)
     throw UsageError("ptq.method gptq needs calibration data: set --calib TEXT or --calib-corpus FILE.h5");
   dist::Grid grid(context.runtime, c.parallel.tp);
@@ -85,15 +90,32 @@ int run_ptq(CommandContext& context) {
   const quant::PtqReport report = quant::run_ptq(*model, local, p, grid.dp_group());
 
   const fs::path out = c.output.dir;
-  model::save_pretrained(*model, out.string(), /*write=*/grid.dp_rank() == 0);
+  const bool writer = grid.dp_rank() == 0;
+  std::vector<std::string> saved;
+  if (fake) {
+    model::save_pretrained(*model, out.string(), writer);
+    saved.push_back(out.string());
+  }
+  quant::GptqExportReport exported;
+  if (gptq_format) {
+    exported = quant::export_gptq(*model, report.quantized, (out / "gptq").string(), writer);
+    saved.push_back((out / "gptq").string());
+  }
   if (context.runtime.rank() == 0) {
-    copy_tokenizer(c.model, out.string());
+    for (const std::string& dir : saved) copy_tokenizer(c.model, dir);
     print_summary(report, p, out.string());
+    if (gptq_format)
+      std::printf("ptq: GPTQ checkpoint (%s, %zu linears packed, %zu kept fp16) in %s: %lld bytes\n",
+                  exported.checkpoint_format.c_str(), exported.packed.size(), exported.kept.size(),
+                  (out / "gptq").c_str(), static_cast<long long>(exported.bytes));
   }
   nlohmann::json json = report.to_json(p);
   json["model"] = c.model.path;
   json["calibration_source"] = p.calib_corpus.empty() ? p.calib : p.calib_corpus;
   json["layout"] = grid.describe();
+  if (gptq_format)
+    json["gptq_checkpoint"] = {{"dir", (out / "gptq").string()}, {"checkpoint_format", exported.checkpoint_format},
+                               {"packed", exported.packed}, {"kept_fp16", exported.kept}, {"bytes", exported.bytes}};
   write_outputs(context, "ptq.json", json.dump(2) + "\n");
   return 0;
 }

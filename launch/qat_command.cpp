@@ -11,7 +11,6 @@
 #include "framework/log/log.h"
 #include "framework/model/checkpoint_io.h"
 #include "framework/train/trainer.h"
-#include "quant/pack.h"
 #include "quant/qat.h"
 
 #include <fmt/format.h>
@@ -38,27 +37,42 @@ void freeze(model::CausalLM& model) {
   for (auto& p : model.parameters()) p.requires_grad_(false);
 }
 
-// The student's exports, written by DP group 0: packed integer weights first (from the trained weights), then the
-// weights replaced by their fake-quantized values, saved as an ordinary Hugging Face checkpoint.
+// Whether the student's weights go into a GPTQ checkpoint: quantized, at a width the format packs.
+bool gptq_packable(const quant::QuantSettings& settings) {
+  const int bits = settings.weight_spec().bits;
+  return settings.weight_spec().enabled() && (bits == 2 || bits == 3 || bits == 4 || bits == 8);
+}
+
+// The student's exports, written by DP group 0: its weights in the GPTQ checkpoint format (the grids taken from the
+// trained weights, which are then replaced by their fake-quantized values and packed), and the fake-quantized
+// student as an ordinary Hugging Face checkpoint (its activation and KV quantizers are not part of either file).
 nlohmann::json export_student(CommandContext& context, model::CausalLM& student, dist::Grid& grid) {
   const QforgeConfig& c = context.config;
   const fs::path out = c.output.dir;
   const bool writer = grid.dp_rank() == 0;
-  const int64_t packed_bytes = quant::export_packed(student, c.quant, (out / "packed").string(), writer);
+  const bool gptq = gptq_packable(c.quant);
+  const quant::GptqExport grids = gptq ? quant::qat_gptq_export(student, c.quant) : quant::GptqExport{};
   quant::bake_weight_quantizers(student);
+  quant::GptqExportReport exported;
+  if (gptq) exported = quant::export_gptq(student, grids, (out / "gptq").string(), writer);
   model::save_pretrained(student, (out / "student").string(), writer);
   if (context.runtime.rank() == 0)
-    for (const char* dir : {"student", "packed"}) copy_tokenizer(c.model, (out / dir).string());
+    for (const char* dir : {"student", "gptq"})
+      if (gptq || std::string(dir) == "student") copy_tokenizer(c.model, (out / dir).string());
   context.runtime.world().barrier();
   const int64_t teacher_bytes = directory_bytes(c.model.path);
   const int64_t student_bytes = directory_bytes(out / "student");
-  const std::string table = fmt::format(
-      "model size\n  teacher (full precision)        {:>14}  {}\n  student, fake-quantized weights {:>14}  {}\n"
-      "  student, packed {:<15} {:>14}  {}\n",
-      teacher_bytes, gigabytes(teacher_bytes), student_bytes, gigabytes(student_bytes), c.quant.bits, packed_bytes,
-      gigabytes(packed_bytes));
+  const int64_t gptq_bytes = directory_bytes(out / "gptq");
+  std::string table = fmt::format(
+      "model size\n  teacher (full precision)        {:>14}  {}\n  student, fake-quantized weights {:>14}  {}\n",
+      teacher_bytes, gigabytes(teacher_bytes), student_bytes, gigabytes(student_bytes));
+  if (gptq)
+    table += fmt::format("  student, GPTQ format ({})   {:>14}  {}\n", exported.checkpoint_format, gptq_bytes,
+                         gigabytes(gptq_bytes));
   if (context.runtime.rank() == 0) std::fputs(table.c_str(), stdout);
-  return {{"teacher_bytes", teacher_bytes}, {"student_bytes", student_bytes}, {"packed_bytes", packed_bytes}};
+  nlohmann::json sizes = {{"teacher_bytes", teacher_bytes}, {"student_bytes", student_bytes}};
+  if (gptq) sizes["gptq_bytes"] = gptq_bytes;
+  return sizes;
 }
 
 }  // namespace
@@ -70,6 +84,9 @@ int run_qat(CommandContext& context) {
   required_setting(c.output.dir, "output.dir", "output");
   dist::Grid grid(context.runtime, c.parallel.tp);
   io::CorpusReader corpus(c.distill.corpus);
+  if (c.quant.weight_spec().enabled() && !gptq_packable(c.quant))
+    log::warn("quant.bits {}: the GPTQ checkpoint format packs 2, 3, 4 or 8-bit weights; the student is saved "
+              "fake-quantized only (output.dir/student), with no gptq/ export", c.quant.bits);
 
   auto student = load_model(context, grid);
   corpus.check_vocabulary(student->config().vocab_size);

@@ -207,6 +207,27 @@ torch::Tensor dequantize_gptq_columns(const GptqPacked& packed, int bits, GptqCh
                          packed.g_idx.narrow(0, col_start, cols));
 }
 
+int64_t gptq_run_values(int bits) { return run_values(bits); }
+int64_t gptq_run_words(int bits) { return run_words(bits); }
+
+torch::Tensor dequantize_gptq_block(const torch::Tensor& qweight_runs, const torch::Tensor& qzeros,
+                                    const torch::Tensor& scales, const torch::Tensor& g_idx, int bits,
+                                    GptqCheckpointFormat format, int64_t out_start, int64_t in_start,
+                                    const std::string& layer) {
+  check_bits(bits, layer);
+  const int64_t n = run_values(bits), ins = g_idx.size(0), outs = scales.size(1);
+  const int64_t skip = in_start - in_start / n * n;  // inputs of the first run before in_start
+  if (qweight_runs.dim() != 2 || qweight_runs.size(1) != outs || qweight_runs.size(0) % run_words(bits) != 0 ||
+      qweight_runs.size(0) / run_words(bits) * n < skip + ins)
+    fail(layer, "qweight part " + shape_text(qweight_runs.sizes()) + " does not cover inputs [" +
+                    std::to_string(in_start) + ", " + std::to_string(in_start + ins) + ") of " + std::to_string(outs) +
+                    " outputs");
+  GptqPacked zeros_only;
+  zeros_only.qzeros = qzeros;
+  const torch::Tensor q = unpack_rows(qweight_runs, bits).narrow(0, skip, ins);
+  return dequantize_part(q, zeros_of(zeros_only, bits, format, out_start, outs), scales, g_idx);
+}
+
 nlohmann::json gptq_quantization_config_json(const GptqQuantizationConfig& config) {
   return {{"quant_method", "gptq"},
           {"bits", config.bits},

@@ -72,6 +72,22 @@ torch::Tensor dequantize_gptq_rows(const GptqPacked& packed, int bits, GptqCheck
 torch::Tensor dequantize_gptq_columns(const GptqPacked& packed, int bits, GptqCheckpointFormat format,
                                       int64_t col_start, int64_t cols, const std::string& layer);
 
+// Packed runs along a packed dimension: gptq_run_values(bits) values fill gptq_run_words(bits) whole words
+// (3 bits: 32 values in 3 words; 4 bits: 8 in 1).
+int64_t gptq_run_values(int bits);
+int64_t gptq_run_words(int bits);
+
+// A block of the dequantized weight from the parts of a checkpoint that cover it, for a loader that reads only
+// what one tensor-parallel rank needs: rows (outputs) [out_start, out_start + outs), columns (inputs)
+// [in_start, in_start + ins). `qweight_runs` int32 holds qweight's rows of the input runs covering the columns
+// (starting at run in_start / gptq_run_values(bits)) and its columns [out_start, out_start + outs); `qzeros` is
+// whole [groups, out * bits / 32]; `scales` fp16 [groups, outs] the covered outputs' columns; `g_idx` [ins] the
+// covered inputs' groups. Returns fp32 [outs, ins], bitwise the same block of dequantize_gptq.
+torch::Tensor dequantize_gptq_block(const torch::Tensor& qweight_runs, const torch::Tensor& qzeros,
+                                    const torch::Tensor& scales, const torch::Tensor& g_idx, int bits,
+                                    GptqCheckpointFormat format, int64_t out_start, int64_t in_start,
+                                    const std::string& layer);
+
 // The `quantization_config` of config.json (also the whole of AutoGPTQ's quantize_config.json).
 struct GptqQuantizationConfig {
   int bits = 4;

@@ -91,12 +91,14 @@ class Quantizer {
     }
     const bool gptq = settings_.method == "gptq";
     QF_CHECK(!gptq || hessian.defined(), site.name + ": GPTQ needs calibration data");
-    torch::Tensor q = (gptq ? gptq_quantize(target, hessian, options_) : rtn_quantize(target, options_)).weight;
+    const GptqResult result = gptq ? gptq_quantize(target, hessian, options_) : rtn_quantize(target, options_);
+    const torch::Tensor& q = result.weight;
     if (split_rows && !shard) {  // back to this rank's columns
       assign_columns(q, local.size(1), site.weight);
     } else {
       site.weight.copy_(q);
     }
+    grids_[site.name + ".weight"] = grid_of(result, split_rows, shard);
 
     LinearReport report;
     report.name = site.name;
@@ -112,7 +114,22 @@ class Quantizer {
     return report;
   }
 
+  // Every quantized linear's grid, for the GPTQ checkpoint (moved out once all are quantized).
+  std::map<std::string, QuantizedLinear> take_grids() { return std::move(grids_); }
+
  private:
+  // The grid in the layout export_gptq takes: the scales of the weight shard's rows (all rows when the layer is
+  // row-parallel), the groups of the whole input.
+  QuantizedLinear grid_of(const GptqResult& r, bool split_rows, bool shard) const {
+    if (!split_rows) return {r.scales, r.zeros, r.g_idx};
+    if (!shard) return {tp_.all_gather(r.scales.contiguous(), 0), tp_.all_gather(r.zeros.contiguous(), 0), r.g_idx};
+    // Each rank quantized its own columns: its groups follow the groups of the ranks before it.
+    const int64_t groups = r.scales.size(1);
+    torch::Tensor g_idx = r.g_idx.to(torch::kLong) + static_cast<int64_t>(tp_.rank()) * groups;
+    return {tp_.all_gather(r.scales.contiguous(), 1), tp_.all_gather(r.zeros.contiguous(), 1),
+            tp_.all_gather(g_idx.contiguous(), 0)};
+  }
+
   // Gathers every rank's quantized rows and keeps this rank's `width` columns, into `weight`.
   void assign_columns(const torch::Tensor& q_rows, int64_t width, const torch::Tensor& weight) const {
     weight.copy_(tp_.all_gather(q_rows.contiguous(), 0).narrow(1, tp_.rank() * width, width));
@@ -134,6 +151,7 @@ class Quantizer {
   dist::Communicator& tp_;
   const PtqSettings& settings_;
   GptqOptions options_;
+  std::map<std::string, QuantizedLinear> grids_;
 };
 
 void run_block(model::CausalLM& model, int64_t layer, Activations& activations, bool keep_outputs) {
@@ -156,6 +174,18 @@ GptqOptions PtqSettings::gptq_options() const {
   o.block_size = block_size;
   o.percdamp = percdamp;
   return o;
+}
+
+GptqQuantizationConfig PtqSettings::gptq_config() const {
+  GptqQuantizationConfig c;
+  c.bits = wbits;
+  c.group_size = group_size;
+  c.desc_act = act_order;
+  c.sym = sym;
+  c.static_groups = static_groups;
+  c.damp_percent = method == "gptq" ? percdamp : 0.0;
+  c.true_sequential = true_sequential;
+  return c;
 }
 
 std::string PtqSettings::describe() const {
@@ -264,6 +294,8 @@ PtqReport run_ptq(model::CausalLM& model, const torch::Tensor& sequences, const 
     run_block(model, layer, activations, /*keep_outputs=*/true);
     progress.advance();
   }
+  report.quantized.config = settings.gptq_config();
+  report.quantized.linears = quantizer.take_grids();
   report.seconds = seconds_since(start);
   return report;
 }

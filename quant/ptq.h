@@ -16,6 +16,7 @@
 #include "framework/dist/communicator.h"
 #include "framework/model/transformer.h"
 #include "quant/gptq.h"
+#include "quant/gptq_checkpoint.h"
 
 #include <nlohmann/json.hpp>
 
@@ -45,6 +46,7 @@ struct PtqSettings {  // config section `ptq`
   int64_t seed = 0;
   int64_t batch_size = 1;                 // sequences per forward pass (1: the reference's; layout-independent)
   std::vector<std::string> exclude;       // substrings of linear names kept in full precision
+  std::string save = "both";              // gptq (output.dir/gptq) | fake (output.dir) | both
 
   template <class V>
   void visit(V& v) {
@@ -68,9 +70,11 @@ struct PtqSettings {  // config section `ptq`
     v("seed", seed, config::at_least(0));
     v("batch_size", batch_size, config::at_least(1));
     v("exclude", exclude);
+    v("save", save, config::one_of({"both", "gptq", "fake"}));
   }
 
   GptqOptions gptq_options() const;
+  GptqQuantizationConfig gptq_config() const;  // the checkpoint's quantization_config
   // "gptq w4 g128 sym act-order" and the like.
   std::string describe() const;
 };
@@ -89,6 +93,7 @@ struct PtqReport {
   int64_t sequences = 0;  // calibration sequences over the job
   int64_t seq_len = 0;
   double seconds = 0;
+  GptqExport quantized;  // every quantized linear's grid on this rank, for export_gptq
   nlohmann::json to_json(const PtqSettings& settings) const;
 };
 

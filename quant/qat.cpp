@@ -163,4 +163,36 @@ void bake_weight_quantizers(model::CausalLM& model) {
     if (site.weight_site->transform) site.weight.copy_(site.weight_site->transform(site.weight));
 }
 
+GptqExport qat_gptq_export(model::CausalLM& model, const QuantSettings& settings) {
+  const QuantSpec spec = settings.weight_spec();
+  GptqExport exported;
+  if (!spec.enabled()) return exported;
+  check_gptq_bits(spec.bits, "quant.bits (the weight width)");
+  const bool grouped = spec.granularity == Granularity::kGroup;
+  exported.config.bits = spec.bits;
+  exported.config.group_size = grouped ? spec.group_size : -1;
+  exported.config.sym = spec.symmetric;
+  exported.config.damp_percent = 0;  // no Hessian: QAT's grid is min-max
+  exported.config.true_sequential = false;
+  torch::NoGradGuard no_grad;
+  const int tp = model.tp().size();
+  for (const LinearSite& site : decoder_linears(model)) {
+    if (is_excluded(site.name, settings.exclude)) continue;
+    const QuantizedTensor q =
+        quantize(site.weight.detach(), spec, reduce_over(model, weight_range_spans_split(site, spec.granularity)));
+    const int64_t rows = site.weight.size(0), in = site.weight.size(1) * (site.row_parallel ? tp : 1);
+    torch::Tensor scales = q.scales.to(torch::kFloat).expand({rows, q.scales.size(1)}).contiguous();
+    torch::Tensor zeros = spec.symmetric ? torch::full_like(scales, static_cast<double>(int64_t{1} << (spec.bits - 1)))
+                                         : q.zeros.to(torch::kFloat).expand({rows, q.zeros.size(1)}).contiguous();
+    if (grouped && site.row_parallel && tp > 1) {  // this rank's groups -> every group of the row
+      scales = model.tp().all_gather(scales, 1);
+      zeros = model.tp().all_gather(zeros, 1);
+    }
+    torch::Tensor g_idx = grouped ? torch::arange(in, torch::kLong).div(spec.group_size, "floor")
+                                  : torch::zeros({in}, torch::kLong);
+    exported.linears[site.name + ".weight"] = {scales, zeros, g_idx};
+  }
+  return exported;
+}
+
 }  // namespace qforge::quant

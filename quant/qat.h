@@ -13,6 +13,7 @@
 #include "framework/config/config.h"
 #include "framework/model/sites.h"
 #include "framework/model/transformer.h"
+#include "quant/gptq_checkpoint.h"
 #include "quant/quantizer.h"
 
 #include <cstdint>
@@ -81,6 +82,13 @@ void detach_quantizers(model::CausalLM& model);
 // Replaces every quantized weight by its fake-quantized value, e.g. before saving the student as an ordinary
 // checkpoint. Collective over the model's TP group (ranges may be reduced). The transforms stay attached.
 void bake_weight_quantizers(model::CausalLM& model);
+
+// The grid of every decoder linear whose weights `settings` quantize (scales and zero points of quantize() on the
+// current weights, ranges reduced over the TP group as fake_quantize reduces them), for export_gptq after
+// bake_weight_quantizers. Symmetric codes are stored shifted by 2^(bits - 1) (the format's symmetric zero); per
+// tensor and per channel ranges are one group per row (group_size -1). Empty when weights stay in full precision.
+// Collective over the model's TP group. Throws UsageError for bit widths the format cannot hold.
+GptqExport qat_gptq_export(model::CausalLM& model, const QuantSettings& settings);
 
 // The decoder linears and their sites live in the framework (framework/model/sites.h).
 using model::decoder_linears;

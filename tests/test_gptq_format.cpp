@@ -1,6 +1,7 @@
 // The GPTQ checkpoint format (quant/gptq_format.h): AutoGPTQ's golden export (../shared/golden/gptq), round trips
 // at every width, both directions through the independent numpy packer (tests/reference/gptq_pack.py), refusals,
 // tensor-parallel slices and the quantization_config parser.
+#include "framework/io/checkpoint_writer.h"
 #include "framework/io/safetensors.h"
 #include "quant/gptq_format.h"
 #include "tests/npy.h"

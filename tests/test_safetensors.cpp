@@ -3,6 +3,7 @@
 // tensor-parallel rank reading its slice of a 249 MB checkpoint as 1, 2 and 4 MPI processes.
 #include "framework/common/error.h"
 #include "framework/dist/runtime.h"
+#include "framework/io/checkpoint_writer.h"
 #include "framework/io/safetensors.h"
 
 #include <ATen/CPUGeneratorImpl.h>

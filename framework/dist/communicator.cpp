@@ -253,7 +253,11 @@ torch::Tensor Communicator::all_gather(const torch::Tensor& tensor, int64_t dim)
   torch::Tensor stacked = torch::empty(stacked_shape, input.options());
   backend_for(input).all_gather(input, stacked);
   if (input.dim() == 0) return stacked;
-  return torch::cat(stacked.unbind(0), dim);
+  dim = c10::maybe_wrap_dim(dim, input.dim());
+  std::vector<int64_t> shape = input.sizes().vec();
+  shape[dim] *= size_;
+  if (dim == 0) return stacked.view(shape);  // rank-major is already the concatenation: no second copy
+  return stacked.movedim(0, dim).reshape(shape);
 }
 
 torch::Tensor Communicator::reduce_scatter(const torch::Tensor& tensor, ReduceOp op, int64_t dim) {

@@ -29,8 +29,8 @@ using json = nlohmann::json;
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian, as is this host's");
 
-constexpr const char* kSingleFile = "model.safetensors";
-constexpr const char* kIndexFile = "model.safetensors.index.json";
+constexpr const char* kSingleFile = kSafetensorsFile;
+constexpr const char* kIndexFile = kSafetensorsIndexFile;
 constexpr int64_t kHeaderLengthBytes = 8;
 
 std::atomic<int64_t> read_chunk_bytes{8 << 20};
@@ -70,12 +70,6 @@ uint64_t decode_little_endian(const uint8_t* bytes) {
   uint64_t value = 0;
   for (int i = kHeaderLengthBytes - 1; i >= 0; --i) value = (value << 8) | bytes[i];
   return value;
-}
-
-std::string encode_little_endian(uint64_t value) {
-  std::string bytes(kHeaderLengthBytes, '\0');
-  for (int i = 0; i < kHeaderLengthBytes; ++i) bytes[i] = static_cast<char>((value >> (8 * i)) & 0xff);
-  return bytes;
 }
 
 // Reads exactly `size` bytes at `offset`; the caller has checked that they lie inside the file.
@@ -426,169 +420,6 @@ void Checkpoint::read_into(const std::string& name, torch::Tensor out, int64_t d
 torch::Tensor Checkpoint::read(const std::string& name, torch::ScalarType dtype, int64_t dim, int64_t start,
                                int64_t length) const {
   return file_of(name).read(name, dtype, dim, start, length);
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// save_checkpoint
-
-namespace {
-
-struct Entry {
-  std::string name;
-  torch::Tensor data;  // contiguous
-  int64_t nbytes;
-};
-
-std::vector<Entry> checked_entries(const std::string& dir, const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
-  std::vector<Entry> entries;
-  std::set<std::string> seen;
-  for (const auto& [name, tensor] : tensors) {
-    const std::string where = fmt::format("cannot save tensor '{}' to checkpoint '{}'", name, dir);
-    if (name.empty() || name == "__metadata__")
-      throw Error(fmt::format("{}: expected a name other than \"\" and \"__metadata__\"", where));
-    if (!seen.insert(name).second) throw Error(fmt::format("{}: the name is given twice; expected unique names", where));
-    if (!tensor.defined()) throw Error(fmt::format("{}: the tensor is undefined", where));
-    if (!tensor.device().is_cpu())
-      throw Error(fmt::format("{}: it is on {}; expected a CPU tensor", where, tensor.device().str()));
-    if (!name_of_dtype(tensor.scalar_type()))
-      throw Error(fmt::format("{}: its dtype {} has no safetensors name; expected one of {}", where,
-                              c10::toString(tensor.scalar_type()), known_dtype_list()));
-    torch::Tensor data = tensor.contiguous();
-    entries.push_back({name, data, static_cast<int64_t>(data.numel() * data.element_size())});
-  }
-  return entries;
-}
-
-// Groups of entry indices, one per file, filled in order.
-std::vector<std::vector<size_t>> plan_shards(const std::vector<Entry>& entries, int64_t max_shard_bytes) {
-  int64_t total = 0;
-  for (const Entry& e : entries) total += e.nbytes;
-  std::vector<std::vector<size_t>> shards(1);
-  if (max_shard_bytes <= 0 || total <= max_shard_bytes) {
-    for (size_t i = 0; i < entries.size(); ++i) shards[0].push_back(i);
-    return shards;
-  }
-  int64_t filled = 0;
-  for (size_t i = 0; i < entries.size(); ++i) {
-    if (!shards.back().empty() && filled + entries[i].nbytes > max_shard_bytes) {
-      shards.emplace_back();
-      filled = 0;
-    }
-    shards.back().push_back(i);
-    filled += entries[i].nbytes;
-  }
-  return shards;
-}
-
-std::string header_of(const std::vector<Entry>& entries, const std::vector<size_t>& shard,
-                      const std::map<std::string, std::string>& metadata) {
-  json header = json::object();
-  int64_t offset = 0;
-  for (size_t i : shard) {
-    const Entry& e = entries[i];
-    header[e.name] = {{"dtype", safetensors_dtype_name(e.data.scalar_type())},
-                      {"shape", e.data.sizes().vec()},
-                      {"data_offsets", {offset, offset + e.nbytes}}};
-    offset += e.nbytes;
-  }
-  header["__metadata__"] = metadata;
-  std::string text = header.dump();
-  text.append((kHeaderLengthBytes - text.size() % kHeaderLengthBytes) % kHeaderLengthBytes, ' ');  // 8-byte aligned data
-  return encode_little_endian(text.size()) + text;
-}
-
-void write_all(int fd, const char* data, int64_t size, const std::string& path) {
-  while (size > 0) {
-    ssize_t written = ::write(fd, data, static_cast<size_t>(std::min<int64_t>(size, 1 << 30)));
-    if (written < 0 && errno == EINTR) continue;
-    if (written < 0) throw Error(fmt::format("writing '{}' failed: {}", path, std::strerror(errno)));
-    data += written;
-    size -= written;
-  }
-}
-
-// Writes one file's header and data to `file`'s temporary name.
-void write_shard(const AtomicFile& file, const std::string& header, const std::vector<Entry>& entries,
-                 const std::vector<size_t>& shard) {
-  const std::string& path = file.temp_path();
-  FileDescriptor out{::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
-  if (out.fd < 0) throw Error(fmt::format("cannot write '{}': {}", path, std::strerror(errno)));
-  write_all(out.fd, header.data(), static_cast<int64_t>(header.size()), path);
-  for (size_t i : shard)
-    write_all(out.fd, static_cast<const char*>(entries[i].data.data_ptr()), entries[i].nbytes, path);
-  const int fd = out.fd;
-  out.fd = -1;
-  if (::close(fd) != 0) throw Error(fmt::format("writing '{}' failed: {}", path, std::strerror(errno)));
-}
-
-std::string shard_name(size_t i, size_t count) { return fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, count); }
-
-}  // namespace
-
-void save_checkpoint(const std::string& dir, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                     int64_t max_shard_bytes, const std::map<std::string, std::string>& metadata) {
-  const std::vector<Entry> entries = checked_entries(dir, tensors);
-  const std::vector<std::vector<size_t>> shards = plan_shards(entries, max_shard_bytes);
-  std::map<std::string, std::string> file_metadata = metadata;
-  file_metadata.emplace("format", "pt");  // Transformers checks it; kept when the caller set it
-
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw Error(fmt::format("cannot create the checkpoint directory '{}': {}", dir, ec.message()));
-
-  const bool sharded = shards.size() > 1;
-  std::vector<std::unique_ptr<AtomicFile>> files;
-  json weight_map = json::object();
-  int64_t total_size = 0;
-  for (size_t s = 0; s < shards.size(); ++s) {
-    const std::string name = sharded ? shard_name(s, shards.size()) : kSingleFile;
-    files.push_back(std::make_unique<AtomicFile>((fs::path(dir) / name).string()));
-    std::string header;
-    try {
-      header = header_of(entries, shards[s], file_metadata);
-    } catch (const json::exception& e) {
-      throw Error(fmt::format("cannot write the header of '{}': {}", files.back()->path(), e.what()));
-    }
-    write_shard(*files.back(), header, entries, shards[s]);
-    for (size_t i : shards[s]) {
-      weight_map[entries[i].name] = name;
-      total_size += entries[i].nbytes;
-    }
-  }
-  std::string index;
-  if (sharded) {
-    try {
-      index = json{{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}}.dump(2) + "\n";
-    } catch (const json::exception& e) {
-      throw Error(fmt::format("cannot write the index of checkpoint '{}': {}", dir, e.what()));
-    }
-  }
-  for (auto& file : files) file->commit();
-  if (sharded) write_file_atomically((fs::path(dir) / kIndexFile).string(), index);
-  fs::remove(fs::path(dir) / (sharded ? kSingleFile : kIndexFile), ec);
-}
-
-int64_t save_safetensors_file(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
-  const std::vector<Entry> entries = checked_entries(path, tensors);
-  std::vector<size_t> all(entries.size());
-  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
-  std::error_code ec;
-  const fs::path parent = fs::path(path).parent_path();
-  if (!parent.empty()) fs::create_directories(parent, ec);
-  if (ec) throw Error(fmt::format("cannot create the directory of '{}': {}", path, ec.message()));
-  AtomicFile file(path);
-  std::string header;
-  try {
-    header = header_of(entries, all, metadata);
-  } catch (const json::exception& e) {
-    throw Error(fmt::format("cannot write the header of '{}': {}", path, e.what()));
-  }
-  write_shard(file, header, entries, all);
-  file.commit();
-  int64_t bytes = static_cast<int64_t>(header.size());
-  for (const Entry& e : entries) bytes += e.nbytes;
-  return bytes;
 }
 
 }  // namespace qforge::io

@@ -17,6 +17,9 @@
 
 namespace qforge::io {
 
+inline constexpr const char* kSafetensorsFile = "model.safetensors";
+inline constexpr const char* kSafetensorsIndexFile = "model.safetensors.index.json";
+
 struct TensorInfo {
   std::string name;
   torch::ScalarType dtype;  // F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL
@@ -93,22 +96,6 @@ class Checkpoint {
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const SafetensorsFile*> where_;
 };
-
-// Writes `tensors` (CPU; any supported dtype; written as stored) as a Hugging Face checkpoint in `dir`:
-// a single model.safetensors, or, when max_shard_bytes > 0 and the total exceeds it,
-// model-00001-of-0000N.safetensors ... plus model.safetensors.index.json ({"metadata": {"total_size": N},
-// "weight_map": {...}}). Shards are filled in the given order and a new one starts when the next tensor would
-// pass max_shard_bytes (a tensor larger than that gets a shard of its own). Every file is written under a
-// temporary name; only when all are written are they renamed, shards first and the index last, so a failure
-// leaves no file that looks complete. The file of the other layout (a stale model.safetensors or index) is
-// removed. `metadata` goes into every file's "__metadata__", with "format": "pt" unless it says otherwise.
-void save_checkpoint(const std::string& dir, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                     int64_t max_shard_bytes = 0, const std::map<std::string, std::string>& metadata = {});
-
-// Writes `tensors` as one safetensors file at `path` (through a temporary name, renamed when complete), with
-// `metadata` as its "__metadata__"; creates missing parent directories. Returns the bytes written.
-int64_t save_safetensors_file(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                              const std::map<std::string, std::string>& metadata = {});
 
 // Bytes of the source file copied per step by read() before its pages are dropped; returns the previous
 // value. Tests lower it so that small tensors take the multi-chunk path.

@@ -3,8 +3,10 @@
 #include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
 #include "framework/common/shape_text.h"
+#include "framework/io/checkpoint_writer.h"
 #include "framework/io/safetensors.h"
 #include "framework/log/log.h"
+#include "framework/model/quantized_checkpoint.h"
 
 #include <fmt/format.h>
 
@@ -37,23 +39,42 @@ torch::Tensor gather_full(const WeightEntry& e, dist::Communicator& tp) {
   return full.narrow(e.spec.dim, 0, e.spec.full_extent).contiguous();
 }
 
-void load_weights(CausalLM& model, const io::Checkpoint& checkpoint, const std::string& dir) {
-  torch::NoGradGuard no_grad;
-  const auto& entries = model.weights().entries();
-  log::Progress progress("loading " + dir, static_cast<int64_t>(entries.size()), "tensors", 5.0);
-  for (const WeightEntry& e : entries) {
-    load_entry(e, checkpoint, dir);
-    progress.advance();
+namespace {
+
+// Parameters created while it lives take `dtype` (libtorch's default dtype), so that a model is built in the
+// dtype it is loaded into: no fp32 copy of a bf16 model ever exists.
+class DefaultDtype {
+ public:
+  explicit DefaultDtype(torch::ScalarType dtype) : previous_(c10::get_default_dtype()) {
+    c10::set_default_dtype(c10::scalarTypeToTypeMeta(dtype));
   }
-}
+  ~DefaultDtype() { c10::set_default_dtype(previous_); }
+
+ private:
+  caffe2::TypeMeta previous_;
+};
+
+}  // namespace
 
 std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp, torch::ScalarType dtype,
                                           torch::Device device) {
-  ModelConfig config = ModelConfig::from_file((fs::path(dir) / "config.json").string());
-  auto model = std::make_shared<CausalLM>(config, tp);
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  ModelConfig config = ModelConfig::from_file(config_path);
+  std::shared_ptr<CausalLM> model;
+  {
+    DefaultDtype building_in(dtype);
+    model = std::make_shared<CausalLM>(config, tp);
+  }
   io::Checkpoint checkpoint(dir);
-  load_weights(*model, checkpoint, dir);
-  if (dtype != torch::kFloat || device != torch::Device(torch::kCPU)) model->to(device, dtype);
+  std::unique_ptr<QuantizedWeightReader> quantized = quantized_weight_reader(config_path, checkpoint);
+  torch::NoGradGuard no_grad;
+  const auto& entries = model->weights().entries();
+  log::Progress progress("loading " + dir, static_cast<int64_t>(entries.size()), "tensors", 5.0);
+  for (const WeightEntry& e : entries) {
+    if (!quantized || !quantized->load(e)) load_entry(e, checkpoint, dir);
+    progress.advance();
+  }
+  if (device != torch::Device(torch::kCPU)) model->to(device);
   model->eval();
   return model;
 }
@@ -79,6 +100,15 @@ std::string checkpoint_fingerprint(const std::string& dir) {
   return fmt::format("{:016x}", hash);
 }
 
+std::string dtype_name(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kHalf: return "float16";
+    default: throw Error(fmt::format("dtype {} is not a model dtype (float32, bfloat16, float16)", c10::toString(dtype)));
+  }
+}
+
 torch::ScalarType parse_dtype(const std::string& name) {
   if (name == "float32") return torch::kFloat;
   if (name == "bfloat16") return torch::kBFloat16;
@@ -87,12 +117,23 @@ torch::ScalarType parse_dtype(const std::string& name) {
 }
 
 void save_pretrained(CausalLM& model, const std::string& dir, bool write, int64_t max_shard_bytes) {
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const WeightEntry& e : model.weights().entries()) tensors.emplace_back(e.name, gather_full(e, model.tp()));
-  if (!write || model.tp().rank() != 0) return;
-  fs::create_directories(dir);
-  io::save_checkpoint(dir, tensors, max_shard_bytes, {{"format", "pt"}});
-  write_file_atomically((fs::path(dir) / "config.json").string(), model.config().to_json().dump(2) + "\n");
+  if (!write) return;  // the whole TP group passes the same `write`: other groups take no part
+  const bool writer = model.tp().rank() == 0;
+  std::vector<io::TensorSpec> plan;
+  for (const WeightEntry& e : model.weights().entries()) plan.push_back({e.name, e.param.scalar_type(), e.full_shape});
+  std::unique_ptr<io::CheckpointWriter> out;
+  if (writer) out = std::make_unique<io::CheckpointWriter>(dir, plan, max_shard_bytes);
+  log::Progress progress("saving " + dir, static_cast<int64_t>(plan.size()), "tensors", 5.0);
+  for (const WeightEntry& e : model.weights().entries()) {
+    torch::Tensor full = gather_full(e, model.tp());  // one tensor at a time; freed before the next
+    if (writer) out->write(e.name, full.device().is_cpu() ? full : full.to(torch::kCPU));
+    progress.advance();
+  }
+  if (!writer) return;
+  out->commit();
+  nlohmann::json config = model.config().to_json();
+  config["torch_dtype"] = dtype_name(plan.empty() ? torch::kFloat : plan.front().dtype);
+  write_file_atomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n");
 }
 
 // ---- llama2.c ------------------------------------------------------------------------------------------------

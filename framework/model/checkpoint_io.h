@@ -14,10 +14,6 @@ class Checkpoint;
 
 namespace qforge::model {
 
-// Fills this rank's shard of every parameter from `checkpoint`. A missing tensor or a shape that disagrees with
-// config.json is an Error naming the tensor and both shapes.
-void load_weights(CausalLM& model, const io::Checkpoint& checkpoint, const std::string& dir);
-
 // Fills this rank's shard of one parameter from `checkpoint` (what load_weights does for each); call it under
 // torch::NoGradGuard.
 void load_entry(const WeightEntry& e, const io::Checkpoint& checkpoint, const std::string& dir);
@@ -25,8 +21,10 @@ void load_entry(const WeightEntry& e, const io::Checkpoint& checkpoint, const st
 // The full tensor of `e`, gathered over the TP group (vocabulary padding dropped). Collective over `tp`.
 torch::Tensor gather_full(const WeightEntry& e, dist::Communicator& tp);
 
-// config.json + weights from `dir`, sharded over `tp`, then moved to `device` and `dtype` (fp32 on CPU; bf16 or
-// fp16 on CUDA).
+// config.json + weights from `dir`, sharded over `tp`: every parameter is created in `dtype` and read straight
+// into it from the file, one tensor at a time (a bf16 checkpoint loaded as bf16 never exists in fp32), then the
+// model moves to `device`. Linears stored quantized (config.json's quantization_config; see
+// quantized_checkpoint.h) are dequantized, each rank reading only what its shard needs.
 std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp,
                                           torch::ScalarType dtype = torch::kFloat, torch::Device device = torch::kCPU);
 
@@ -35,12 +33,16 @@ std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communic
 // checkpoints apart, it does not prove two are bit-identical.
 std::string checkpoint_fingerprint(const std::string& dir);
 
+// The inverse of parse_dtype; throws for other dtypes.
+std::string dtype_name(torch::ScalarType dtype);
+
 // "float32", "bfloat16", "float16" -> dtype; throws UsageError naming model.dtype otherwise.
 torch::ScalarType parse_dtype(const std::string& name);
 
-// Collective over the model's TP group: gathers every tensor. When `write` (pass true on one TP group only,
-// e.g. DP rank 0), its TP rank 0 writes `dir`/config.json and the safetensors (sharded above max_shard_bytes
-// when > 0).
+// When `write` (pass true on one TP group only, e.g. DP rank 0, and the same value on every rank of a TP group):
+// collective over the model's TP group, which gathers one tensor at a time while its TP rank 0 streams it into
+// `dir` (sharded above max_shard_bytes when > 0; see io::CheckpointWriter), then writes config.json. No rank
+// holds more than its shard and one gathered tensor. Other groups return at once.
 void save_pretrained(CausalLM& model, const std::string& dir, bool write, int64_t max_shard_bytes = 0);
 
 // Imports a llama2.c checkpoint (legacy fp32 format: 7 int32 header dim, hidden_dim, n_layers, n_heads,

@@ -3,6 +3,7 @@
 #include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
 #include "framework/config/settings.h"
+#include "framework/io/checkpoint_writer.h"
 #include "framework/io/safetensors.h"
 #include "framework/log/log.h"
 #include "framework/train/optimizer.h"

@@ -90,19 +90,17 @@ def unpack_columns(words, bits, count):
     return (stream.reshape(words.shape[1], count, bits).astype(np.int64) * weights).sum(axis=2).T
 
 
-def pack(args):
-    tensors = {name: values for name, (_, _, values) in read_safetensors.read(args.input).items()}
-    codes = tensors["codes"].astype(np.int64)
-    scales = tensors["scales"].astype(np.float32)
-    zeros = tensors["zeros"].astype(np.int64)
-    g_idx = tensors["g_idx"].astype(np.int64)
+def pack_arrays(codes, scales, zeros, g_idx, bits, fmt):
+    """codes [out, in], scales [out, groups], zeros [out, groups], g_idx [in] -> the four tensors of the file."""
+    codes, zeros, g_idx = codes.astype(np.int64), zeros.astype(np.int64), g_idx.astype(np.int64)
+    scales = scales.astype(np.float32)
     out, inp = codes.shape
-    maxq = (1 << args.bits) - 1
-    if inp % 32 or (out * args.bits) % 32:
-        sys.exit(f"shape [{out}, {inp}] cannot be packed at {args.bits} bits")
+    maxq = (1 << bits) - 1
+    if inp % 32 or (out * bits) % 32:
+        sys.exit(f"shape [{out}, {inp}] cannot be packed at {bits} bits")
     if codes.min() < 0 or codes.max() > maxq or zeros.min() < 0 or zeros.max() > maxq:
         sys.exit("codes or zeros out of range")
-    if args.format == "v1":
+    if fmt == "v1":
         if zeros.min() == 0:
             sys.exit("a zero point of 0 cannot be stored in v1")
         zeros = zeros - 1
@@ -110,31 +108,44 @@ def pack(args):
     # then keep the words of the real outputs (at 2, 4, 8 bits a run of 32 / bits values fills a word).
     padded = np.zeros((-(-out // 32) * 32, zeros.shape[1]), dtype=np.int64)
     padded[:out] = zeros
-    qzeros = pack_columns(padded, args.bits)[:out * args.bits // 32].T
-    write_safetensors(args.output, {
-        f"{args.name}.qweight": pack_columns(codes.T, args.bits).view(np.int32),
-        f"{args.name}.qzeros": np.ascontiguousarray(qzeros).view(np.int32),
-        f"{args.name}.scales": scales.T.astype(np.float16),
-        f"{args.name}.g_idx": g_idx.astype(np.int32),
-    })
+    qzeros = pack_columns(padded, bits)[:out * bits // 32].T
+    return {"qweight": pack_columns(codes.T, bits).view(np.int32),
+            "qzeros": np.ascontiguousarray(qzeros).view(np.int32),
+            "scales": scales.T.astype(np.float16),
+            "g_idx": g_idx.astype(np.int32)}
+
+
+def unpack_arrays(qweight, qzeros, scales, g_idx, bits, fmt):
+    """The file's four tensors -> codes [out, in], zeros [groups, out] (v1: plus the 1), scales [groups, out], g_idx."""
+    qweight = qweight.astype(np.int64).astype(np.uint32)
+    qzeros = qzeros.astype(np.int64).astype(np.uint32)
+    scales = scales.astype(np.float32)
+    g_idx = g_idx.astype(np.int64)
+    groups, out = scales.shape
+    inp = g_idx.shape[0]
+    if qweight.shape != (inp * bits // 32, out) or qzeros.shape != (groups, out * bits // 32):
+        sys.exit(f"qweight {qweight.shape} or qzeros {qzeros.shape} disagree with in {inp}, out {out}")
+    codes = unpack_columns(qweight, bits, inp).T                # [out, in]
+    zeros = unpack_columns(qzeros.T, bits, out).T               # [groups, out]
+    if fmt == "v1":
+        zeros = zeros + 1
+    return codes, zeros, scales, g_idx
+
+
+def pack(args):
+    tensors = {name: values for name, (_, _, values) in read_safetensors.read(args.input).items()}
+    packed = pack_arrays(tensors["codes"], tensors["scales"], tensors["zeros"], tensors["g_idx"], args.bits,
+                         args.format)
+    write_safetensors(args.output, {f"{args.name}.{suffix}": array for suffix, array in packed.items()})
 
 
 def unpack(args):
     tensors = {name: values for name, (_, _, values) in read_safetensors.read(args.input).items()}
-    qweight = tensors[f"{args.name}.qweight"].astype(np.int64).astype(np.uint32)
-    qzeros = tensors[f"{args.name}.qzeros"].astype(np.int64).astype(np.uint32)
-    scales = tensors[f"{args.name}.scales"].astype(np.float32)
-    g_idx = tensors[f"{args.name}.g_idx"].astype(np.int32)
-    groups, out = scales.shape
-    inp = g_idx.shape[0]
-    if qweight.shape != (inp * args.bits // 32, out) or qzeros.shape != (groups, out * args.bits // 32):
-        sys.exit(f"qweight {qweight.shape} or qzeros {qzeros.shape} disagree with in {inp}, out {out}")
-    codes = unpack_columns(qweight, args.bits, inp).T                # [out, in]
-    zeros = unpack_columns(qzeros.T, args.bits, out).T               # [groups, out]
-    if args.format == "v1":
-        zeros = zeros + 1
+    codes, zeros, scales, g_idx = unpack_arrays(
+        tensors[f"{args.name}.qweight"], tensors[f"{args.name}.qzeros"], tensors[f"{args.name}.scales"],
+        tensors[f"{args.name}.g_idx"], args.bits, args.format)
     write_safetensors(args.output, {"codes": codes.astype(np.int32), "zeros": zeros.astype(np.int32),
-                                    "scales": scales, "g_idx": g_idx})
+                                    "scales": scales, "g_idx": g_idx.astype(np.int32)})
 
 
 def main():
