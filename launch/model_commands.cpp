@@ -58,21 +58,25 @@ int run_init_model(CommandContext& context) {
   const std::string out = required_option(context, "out");
   model::ModelConfig c;
   c.family = model::Family::kLlama;
-  c.vocab_size = tok::kByteTokenizerVocab;
+  c.vocab_size = integer_option(context, "vocab", tok::kByteTokenizerVocab);
   c.hidden_size = integer_option(context, "hidden", 64);
   c.num_layers = integer_option(context, "layers", 2);
   c.num_heads = integer_option(context, "heads", 4);
   c.num_kv_heads = integer_option(context, "kv-heads", 2);
-  c.intermediate_size = (c.hidden_size * 8 / 3 + 15) / 16 * 16;
+  c.intermediate_size = integer_option(context, "intermediate", (c.hidden_size * 8 / 3 + 15) / 16 * 16);
+  const torch::ScalarType dtype = model::parse_dtype(context.line.options.count("dtype")
+                                                         ? context.line.options.at("dtype") : "float32");
   c.max_positions = 512;
-  if (c.hidden_size == 0 || c.num_layers == 0 || c.num_heads == 0 || c.num_kv_heads == 0 ||
-      c.hidden_size % c.num_heads != 0 || c.num_heads % c.num_kv_heads != 0)
-    throw UsageError("qforge init-model: expected positive --hidden, --layers, --heads, --kv-heads with heads dividing "
-                     "hidden and kv-heads dividing heads");
+  if (c.hidden_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 || c.intermediate_size <= 0 ||
+      c.hidden_size % c.num_heads != 0 || c.num_heads % c.num_kv_heads != 0 || c.vocab_size < tok::kByteTokenizerVocab)
+    throw UsageError(fmt::format("qforge init-model: expected positive --hidden, --layers, --heads, --kv-heads, "
+                                 "--intermediate with heads dividing hidden and kv-heads dividing heads, and --vocab "
+                                 ">= {} (the byte tokenizer's)", tok::kByteTokenizerVocab));
   if (context.runtime.rank() == 0) {
     model::CausalLM model(c, context.runtime.self());
     // std 0.3: logits spread enough that the teacher prefers some continuations, so quantization has a cost.
     model::init_random(model, static_cast<uint64_t>(integer_option(context, "seed", 0)), /*std=*/0.3);
+    if (dtype != torch::kFloat) model.to(dtype);
     model::save_pretrained(model, out, /*write=*/true);
     tok::write_byte_tokenizer((fs::path(out) / "tokenizer.bin").string());
     log::info("wrote a random LLaMA (hidden {}, {} layers, {}/{} heads, byte-level vocabulary of {}) to {}", c.hidden_size,
@@ -183,7 +187,10 @@ std::vector<Command> model_commands() {
        run_convert},
       {{"init-model", "a random LLaMA with a byte-level tokenizer (nothing to download): init-model --out DIR",
         {{"out", true, "output directory"}, {"hidden", true, "hidden size (64)"}, {"layers", true, "decoder layers (2)"},
-         {"heads", true, "attention heads (4)"}, {"kv-heads", true, "key/value heads (2)"}, {"seed", true, "seed (0)"}}},
+         {"heads", true, "attention heads (4)"}, {"kv-heads", true, "key/value heads (2)"}, {"seed", true, "seed (0)"},
+         {"intermediate", true, "MLP width (hidden * 8 / 3, rounded up to 16)"},
+         {"vocab", true, "vocabulary (the byte tokenizer's 259; more: rows no token reaches)"},
+         {"dtype", true, "float32 (default), bfloat16 or float16: the stored dtype"}}},
        run_init_model},
       {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N] [--quant W-A-KV]",
         {model_option, tokenizer_option, {"text", true, "text file", "eval.text"}, {"seq-len", true, "window length", "eval.seq_len"},

@@ -196,14 +196,23 @@ assert (f['tokens'][...] == h5py.File(sys.argv[2])['tokens'][...]).all()
     }
     run "$work/out" "$work/err" -- qat 4 2 "$work/qat-whole"
     student="$work/qat-whole/student/model.safetensors"
-    [ $code -eq 0 ] && [ -f "$student" ] && [ -f "$work/qat-whole/packed/quantization.json" ] \
-      && grep -q "train: 200/200 steps" "$work/err" && grep -q "student, packed 4-8-4" "$work/out"
-    check "qat 4-8-4 on TP 2 x DP 2: 200 steps, student and packed exports, sizes printed" $? || show
+    [ $code -eq 0 ] && [ -f "$student" ] && grep -q '"quant_method": "gptq"' "$work/qat-whole/gptq/config.json" \
+      && grep -q "train: 200/200 steps" "$work/err" && grep -q "student, GPTQ format (gptq)" "$work/out"
+    check "qat 4-8-4 on TP 2 x DP 2: 200 steps, student and GPTQ-format exports, sizes printed" $? || show
     grep -A3 "^model size" "$work/out"
     run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/qat-whole/student" --text "$text" --seq-len 128 --quant 4-8-4
     [ $code -eq 0 ] && grep -q "fake-quantized W-A-KV 4-8-4: 35 linear layers, 5 attention layers" "$work/err" \
       && grep -q "^perplexity of" "$work/out"
     check "eval ppl of the QAT student with its quantizers active" $? || show
+    # The GPTQ-format student reloads with the perplexity of the fake-quantized one (weights on the same grid,
+    # scales rounded to fp16), both with the student's activation and KV quantizers (16-8-4: weights as stored).
+    ppl_of() { "$QFORGE" eval ppl --model "$1" --text "$text" --seq-len 128 --quant 16-8-4 2>/dev/null \
+                 | sed -n 's/^perplexity of.* \([0-9.]*\)$/\1/p'; }
+    fake_ppl=$(ppl_of "$work/qat-whole/student"); gptq_ppl=$(ppl_of "$work/qat-whole/gptq")
+    /usr/bin/python3 -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(abs(a - b) > 1e-3 * a)" \
+      "$fake_ppl" "$gptq_ppl"
+    check "QAT student reloaded from the GPTQ format: ppl $gptq_ppl vs $fake_ppl fake-quantized (rel tol 1e-3)" $? \
+      || show
 
     # SIGTERM to every rank (what Slurm sends at the time limit): a checkpoint, exit 0; --resume finishes the run
     # and ends bit for bit where the uninterrupted one did.
