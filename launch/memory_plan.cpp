@@ -136,7 +136,7 @@ class PlanBuilder {
                     g.batch_size, m_.num_kv_heads / tp_, g.seq_len, m_.head_dim(), b_));
     add("activations", block_.inference(g.batch_size, 1, g.seq_len), "one decoder block decoding one token per row");
     add("logits", g.batch_size * (vocab_local() + 2 * m_.vocab_size) * 4,
-        "fp32: this rank's vocabulary shard, and the gathered full vocabulary and its sampling copy");
+        "fp32: the vocabulary shard, the gathered vocabulary and its sampling copy");
     add_transients(false);
   }
 
@@ -158,20 +158,19 @@ class PlanBuilder {
     const bool teacher = c_.distill.teacher == "model", zero = t.zero && plan_.dp > 1;
     const int64_t state_parts = zero ? plan_.dp : 1;
     const int64_t state = ceil_div(w_.local, state_parts) * 4;
-    const std::string state_note = zero ? fmt::format("fp32, 1/{} (ZeRO-1 over DP) of {} local parameters", plan_.dp,
-                                                      count_text(w_.local))
-                                        : fmt::format("fp32, all {} local parameters (no ZeRO-1)", count_text(w_.local));
+    const std::string state_note = zero ? fmt::format("fp32, 1/{} of the local parameters (ZeRO-1)", plan_.dp)
+                                        : "fp32, every local parameter (no ZeRO-1)";
     plan_.layout += fmt::format(", {}{}", t.zero ? "ZeRO-1" : "no ZeRO", t.recompute ? ", recompute" : "");
     if (teacher) add_weights("teacher weights");
     add_weights("student weights");
     add("gradients", w_.local * b_, fmt::format("the student's dtype ({})", c_.model.dtype));
     add("AdamW master weights", state, state_note);
     add("AdamW moments", 2 * state, "two moments, " + state_note);
-    add("reduced gradients", state, "the DP-summed fp32 gradients the optimizer steps on, " + state_note);
+    add("reduced gradients", state, "summed over DP, what AdamW steps on: " + state_note);
     const int64_t bucket = std::max(static_cast<int64_t>(t.bucket_mb * 1024 * 1024 / 4), w_.largest_local) * 4;
     add("DP buckets", bucket * (zero ? 2 : 1),
-        fmt::format("fp32 bucket of train.bucket_mb {} (or the largest tensor){}", t.bucket_mb,
-                    zero ? ", and its all-gather of the updated masters" : ""));
+        fmt::format("fp32 bucket of train.bucket_mb {} or the largest tensor{}", t.bucket_mb,
+                    zero ? ", and its all-gather of the masters" : ""));
 
     const quant::BitWidths bits = quant::parse_bits(q.bits);
     const int64_t per_layer = tokens * block_.trained_per_token(length, bits.act < 16, bits.kv < 16);
@@ -188,8 +187,8 @@ class PlanBuilder {
     }
     const int64_t copies = teacher ? 7 : 5;
     add("logits", copies * tokens * vocab_local() * 4,
-        fmt::format("fp32 vocabulary shard, {} copies: student{} logits, rows, distillation loss and its gradient",
-                    copies, teacher ? " and teacher" : ""));
+        fmt::format("fp32 vocabulary shard x {}: student{} logits and rows, the loss, its gradient", copies,
+                    teacher ? " and teacher" : ""));
     add_transients(true);
   }
 
@@ -208,8 +207,8 @@ class PlanBuilder {
     const int64_t square = n * n;
     const int64_t hessians = (tp_ > 1 ? square / tp_ * hb : 0) + square * hb + 3 * square * 4;
     add("Hessians", hessians,
-        fmt::format("widest input {}: X^T X ({}; its 1/tp rows and the gathered {}x{} sum), the fp32 Hessian and "
-                    "GPTQ's two fp32 factors", n, p.hessian_dtype, n, n));
+        fmt::format("input width {}: X^T X in {} (1/tp of the rows, the gathered sum), fp32 H, 2 GPTQ factors",
+                    n, p.hessian_dtype));
 
     // The largest linear's fp32 working set: MLP down (row-parallel) and up (column-parallel).
     const int64_t out = m_.hidden_size, in = m_.intermediate_size;
@@ -217,7 +216,7 @@ class PlanBuilder {
     const int64_t down = exact ? (2 * out * in + out * in / tp_ + 3 * out / tp_ * in) * 4 : 4 * out * in / tp_ * 4;
     const int64_t up = 4 * in / tp_ * out * 4;
     add("GPTQ weights", std::max(down, up),
-        exact ? "fp32: the row-parallel MLP down gathered whole twice (exact mode), the local copy, GPTQ's W, Q, codes"
+        exact ? "fp32: MLP down gathered whole twice (row_parallel exact), its shard, GPTQ's W, Q, codes"
               : "fp32: the largest local weight, and GPTQ's W, Q, codes");
     add_transients(true);
   }

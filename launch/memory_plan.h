@@ -23,8 +23,9 @@ const char* stage_name(PlanStage stage);
 // The stage a command runs (generate, qat, ptq, eval); none for the commands that load no model for long.
 std::optional<PlanStage> stage_of_command(const std::string& command);
 
-// What a rank holds before any model: libtorch, MPI and the qforge binary. Measured as the peak RSS of
-// `qforge env` on one rank (libtorch 1.13 CPU, Open MPI 4): 0.29 GB; rounded up.
+// What a rank holds before any model: libtorch, MPI and the qforge binary. Measured (libtorch 1.13 CPU, Open MPI)
+// as the peak RSS `qforge env` logs: 0.18 GB on 1 rank, 0.17-0.18 GB on each of 2; 0.3 GB leaves room for the
+// host side of a CUDA context, which was not measured.
 inline constexpr int64_t kProcessBaselineBytes = 300'000'000;
 
 struct MemoryTerm {

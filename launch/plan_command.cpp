@@ -55,9 +55,9 @@ int run_plan(CommandContext& context) {
     if (limit == 0 || plan.total() <= limit || !error.empty()) continue;
     const MemoryTerm& largest = plan.largest();
     const std::string fix = suggest_layout(c, model, stage, ranks, limit);
-    error = fmt::format("the {} plan needs {} per rank on {}, more than --mem-per-rank {} GB; its largest term is "
-                        "{} ({}): {}", stage_name(stage), sys::bytes_text(plan.total()), plan.layout, limit_gb,
-                        largest.name, sys::bytes_text(largest.bytes),
+    error = fmt::format("the {} plan ({}) needs {} per rank, more than --mem-per-rank {} GB; its largest term is {} "
+                        "({}): {}", stage_name(stage), plan.layout, sys::bytes_text(plan.total()), limit_gb, largest.name,
+                        sys::bytes_text(largest.bytes),
                         fix.empty() ? "no layout up to 4096 ranks fits" : "try " + fix);
   }
   if (context.runtime.rank() == 0) {
