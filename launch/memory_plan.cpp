@@ -183,7 +183,8 @@ class PlanBuilder {
     if (bits.weight < 16) {
       const int64_t copies = (t.recompute ? 1 : m_.num_layers) * block_.linear_elements() * b_;
       add("fake-quantized weights", copies,
-          t.recompute ? "one block's quantized weights (recomputed)" : "every linear's quantized weight, kept for backward");
+          t.recompute ? "one block's quantized weights (recomputed)"
+                      : "every linear's quantized weight, kept for backward");
     }
     const int64_t copies = teacher ? 7 : 5;
     add("logits", copies * tokens * vocab_local() * 4,
@@ -194,7 +195,9 @@ class PlanBuilder {
 
   void ptq() {
     const auto& p = c_.ptq;
-    const int64_t length = p.seq_len > 0 ? p.seq_len : (p.calib_corpus.empty() ? m_.max_positions : c_.generate.seq_len);
+    // seq_len 0: the model's context for a text, the corpus's sample length (generate.seq_len) for a corpus.
+    const int64_t context = p.calib_corpus.empty() ? m_.max_positions : c_.generate.seq_len;
+    const int64_t length = p.seq_len > 0 ? p.seq_len : context;
     const int64_t sequences = ceil_div(p.nsamples, plan_.dp);
     add_weights("weights");
     add("calibration activations", sequences * length * m_.hidden_size * b_,
@@ -241,7 +244,8 @@ PlanStage parse_plan_stage(const std::string& name) {
   const auto& names = plan_stage_names();
   const auto it = std::find(names.begin(), names.end(), name);
   if (it == names.end())
-    throw UsageError(fmt::format("qforge plan: unknown stage '{}' (expected one of: {})", name, fmt::join(names, ", ")));
+    throw UsageError(
+        fmt::format("qforge plan: unknown stage '{}' (expected one of: {})", name, fmt::join(names, ", ")));
   return static_cast<PlanStage>(it - names.begin());
 }
 
@@ -335,7 +339,8 @@ std::vector<PlannedWeight> planned_weights(const ModelConfig& c, int tp) {
 
 ModelConfig planned_architecture(const ModelSettings& settings) {
   const std::filesystem::path config_json = std::filesystem::path(settings.path) / "config.json";
-  if (!settings.path.empty() && std::filesystem::exists(config_json)) return ModelConfig::from_file(config_json.string());
+  if (!settings.path.empty() && std::filesystem::exists(config_json))
+    return ModelConfig::from_file(config_json.string());
   if (!settings.architecture.empty()) return model::architecture(settings.architecture);
   throw UsageError(fmt::format("the model's architecture is unknown: {} and model.architecture is empty (one of: {})",
                                settings.path.empty() ? "model.path is empty" : config_json.string() + " does not exist",
@@ -363,7 +368,8 @@ std::string suggest_layout(const QforgeConfig& config, const ModelConfig& model,
         }
         std::string text = fmt::format("parallel.tp={}", tp);
         if (stage == PlanStage::kQat && changed.train.zero != config.train.zero) text += " train.zero=true";
-        if (stage == PlanStage::kQat && changed.train.recompute != config.train.recompute) text += " train.recompute=true";
+        if (stage == PlanStage::kQat && changed.train.recompute != config.train.recompute)
+          text += " train.recompute=true";
         return text + fmt::format(" on {} ranks (TP {} x DP {})", world, tp, world / tp);
       }
     }

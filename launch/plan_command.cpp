@@ -42,7 +42,8 @@ int run_plan(CommandContext& context) {
   }
   const double ranks_value = positive_number(context, "ranks", c.parallel.tp);
   const int ranks = static_cast<int>(ranks_value);
-  if (ranks != ranks_value) throw UsageError(fmt::format("qforge plan: --ranks must be an integer, got {}", ranks_value));
+  if (ranks != ranks_value)
+    throw UsageError(fmt::format("qforge plan: --ranks must be an integer, got {}", ranks_value));
   const double limit_gb = positive_number(context, "mem-per-rank", 0);
   const auto limit = static_cast<int64_t>(limit_gb * 1e9);
   const std::string what = c.model.architecture.empty() ? c.model.path : c.model.architecture;
@@ -55,9 +56,9 @@ int run_plan(CommandContext& context) {
     if (limit == 0 || plan.total() <= limit || !error.empty()) continue;
     const MemoryTerm& largest = plan.largest();
     const std::string fix = suggest_layout(c, model, stage, ranks, limit);
-    error = fmt::format("the {} plan ({}) needs {} per rank, more than --mem-per-rank {} GB; its largest term is {} "
-                        "({}): {}", stage_name(stage), plan.layout, sys::bytes_text(plan.total()), limit_gb, largest.name,
-                        sys::bytes_text(largest.bytes),
+    error = fmt::format("the {} plan ({}) needs {} per rank, more than --mem-per-rank {} GB; its largest term is "
+                        "{} ({}): {}", stage_name(stage), plan.layout, sys::bytes_text(plan.total()), limit_gb,
+                        largest.name, sys::bytes_text(largest.bytes),
                         fix.empty() ? "no layout up to 4096 ranks fits" : "try " + fix);
   }
   if (context.runtime.rank() == 0) {
