@@ -118,7 +118,7 @@ class PlanBuilder {
                     count_text(w_.full_total), b_, c_.model.dtype));
   }
   // Loading reads each tensor into the model's dtype directly (no fp32 model first); the streaming save
-  // gathers one full tensor at a time on the writing rank.
+  // gathers one full tensor at a time on the writing rank. The checkpoint code this assumes: docs/memory.md.
   void add_transients(bool saves) {
     const int64_t load = w_.largest_local * b_, save = saves ? w_.largest_full * b_ : 0;
     add("load/save transient", std::max(load, save),
