@@ -1,10 +1,12 @@
 #include "launch/commands.h"
 
+#include "launch/memory_plan.h"
 #include "launch/model_commands.h"
 
 #include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
 #include "framework/log/log.h"
+#include "framework/system/memory.h"
 #include "framework/system/system_info.h"
 #include "quant/gptq_checkpoint.h"
 
@@ -13,6 +15,10 @@
 #include <climits>
 #include <cstdio>
 #include <filesystem>
+
+#ifdef QFORGE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace qforge {
 namespace {
@@ -58,6 +64,43 @@ int report_failure(dist::Runtime& runtime, const std::exception& error) {
   runtime.abort(code);
 }
 
+// The per-rank total `qforge plan` predicts for the command's stage, before it runs. Nothing for commands
+// without a stage, or when the model's architecture cannot be read: the command itself reports that.
+void log_memory_plan(const CommandContext& context) {
+  const auto stage = stage_of_command(context.line.command);
+  if (!stage) return;
+  try {
+    const MemoryPlan plan =
+        plan_memory(context.config, planned_architecture(context.config.model), *stage, context.runtime.size());
+    log::info("memory plan: {} per rank predicted on {} (largest term: {}, {}); `qforge plan` lists the terms",
+              sys::bytes_text(plan.total()), plan.layout, plan.largest().name, sys::bytes_text(plan.largest().bytes));
+  } catch (const Error& e) {
+    log::debug("no memory plan: {}", e.what());
+  }
+}
+
+// "max X (rank r), min Y (rank s)" of one value per rank, gathered on every rank. Collective.
+std::string spread_over_ranks(dist::Runtime& runtime, int64_t value) {
+  const torch::Tensor all = runtime.world().all_gather(torch::tensor({value}, torch::kLong), 0);
+  const int64_t max_rank = all.argmax().item<int64_t>(), min_rank = all.argmin().item<int64_t>();
+  return fmt::format("max {} (rank {}), min {} (rank {})", sys::bytes_text(all[max_rank].item<int64_t>()), max_rank,
+                     sys::bytes_text(all[min_rank].item<int64_t>()), min_rank);
+}
+
+// What the command measured, beside the plan logged at its start. Collective.
+void log_peak_memory(const CommandContext& context) {
+  log::info("peak RSS per rank: {}", spread_over_ranks(context.runtime, sys::peak_rss_bytes()));
+#ifdef QFORGE_WITH_CUDA
+  if (context.config.model.device == "cuda" && torch::cuda::is_available()) {
+    const int device = context.runtime.local_rank() % static_cast<int>(torch::cuda::device_count());
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
+    const auto aggregate = static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE);
+    log::info("peak CUDA memory allocated per rank: {}",
+              spread_over_ranks(context.runtime, stats.allocated_bytes[aggregate].peak));
+  }
+#endif
+}
+
 log::Options log_options(const LogSettings& settings) {
   return log::Options{log::parse_level(settings.level), settings.all_ranks, settings.file};
 }
@@ -68,6 +111,7 @@ const std::vector<Command>& all_commands() {
   static const std::vector<Command> commands = [] {
     std::vector<Command> list = {
         {{"env", "print the job's layout (ranks, nodes, TP x DP), libtorch, BLAS, threads, CUDA and NCCL", {}}, run_env},
+        plan_command(),
     };
     for (Command& command : model_commands()) list.push_back(std::move(command));
     return list;
@@ -107,7 +151,10 @@ int run_qforge(dist::Runtime& runtime, const std::vector<std::string>& args) {
     if (command.spec.name != line.command) continue;
     CommandContext context{runtime, line, config};
     try {
-      return command.run(context);
+      log_memory_plan(context);
+      const int code = command.run(context);
+      log_peak_memory(context);
+      return code;
     } catch (const std::exception& e) {
       return report_failure(runtime, e);
     }

@@ -22,6 +22,7 @@ struct Command {
 };
 
 const std::vector<Command>& all_commands();
+Command plan_command();  // plan_command.cpp
 std::vector<config::CommandSpec> command_specs();
 
 // Runs `qforge` with its arguments (argv[0] excluded) inside an initialised runtime; returns the exit code.

@@ -51,9 +51,13 @@ struct ModelSettings {
   std::string tokenizer;  // tokenizer.model or tokenizer.bin; "": the one in the model directory
   std::string dtype = "float32";  // float32, bfloat16, float16 (the last two for CUDA)
   std::string device = "cpu";     // cpu, or cuda (each rank takes the GPU of its node-local rank)
+  // A published architecture by name (framework/model/presets.h), for `qforge plan` when model.path holds no
+  // config.json; the checkpoint's config.json, when there is one, is what every command uses.
+  std::string architecture;
   template <class V>
   void visit(V& v) {
     v("path", path);
+    v("architecture", architecture);
     v("tokenizer", tokenizer);
     v("dtype", dtype, config::one_of({"float32", "bfloat16", "float16"}));
     v("device", device, config::one_of({"cpu", "cuda"}));
