@@ -118,11 +118,11 @@ class PlanBuilder {
                     count_text(w_.full_total), b_, c_.model.dtype));
   }
   // Loading reads each tensor into the model's dtype directly (no fp32 model first); the streaming save
-  // gathers one full tensor at a time on the writing rank. The checkpoint code this assumes: docs/memory.md.
+  // gathers one full tensor at a time over the writing TP group. The checkpoint code this assumes: docs/memory.md.
   void add_transients(bool saves) {
     const int64_t load = w_.largest_local * b_, save = saves ? w_.largest_full * b_ : 0;
     add("load/save transient", std::max(load, save),
-        saves ? "the largest full tensor, gathered on the writing rank by the streaming save"
+        saves ? "the largest full tensor, gathered over the writing TP group by the streaming save"
               : "one tensor read at a time, into the model's dtype");
   }
   int64_t vocab_local() const { return ceil_div(m_.vocab_size, tp_); }
@@ -208,10 +208,15 @@ class PlanBuilder {
 
     const int64_t hb = p.hessian_dtype == "float64" ? 8 : 4, n = std::max(m_.hidden_size, m_.intermediate_size);
     const int64_t square = n * n;
-    const int64_t hessians = (tp_ > 1 ? square / tp_ * hb : 0) + square * hb + 3 * square * 4;
+    // GPTQ's fp32 H and two factors of its Cholesky chain, on the widest input it quantizes with: a column-parallel
+    // linear's whole input, the row-parallel MLP down's whole input (exact mode) or this rank's block (shard mode).
+    const bool shard_mode = p.row_parallel == "shard" && tp_ > 1;
+    const int64_t down_in = m_.intermediate_size / (shard_mode ? tp_ : 1);
+    const int64_t width = std::max(m_.hidden_size, down_in);
+    const int64_t hessians = (tp_ > 1 ? square / tp_ * hb : 0) + square * hb + 3 * width * width * 4;
     add("Hessians", hessians,
-        fmt::format("input width {}: X^T X in {} (1/tp of the rows, the gathered sum), fp32 H, 2 GPTQ factors",
-                    n, p.hessian_dtype));
+        fmt::format("input width {}: X^T X in {} (1/tp of the rows, the gathered sum); GPTQ's fp32 H and 2 factors "
+                    "at width {}{}", n, p.hessian_dtype, width, shard_mode ? " (row-parallel shard mode)" : ""));
 
     // The largest linear's fp32 working set: MLP down (row-parallel) and up (column-parallel).
     const int64_t out = m_.hidden_size, in = m_.intermediate_size;

@@ -47,6 +47,12 @@ bool is_linear_weight(const std::string& name) {
   return false;
 }
 
+// |actual - fake| <= |fake| kFp16ScaleRelTol everywhere: the same grid with the scales rounded to fp16.
+void expect_within_fp16_scale_rounding(const torch::Tensor& actual, const torch::Tensor& fake, const std::string& what) {
+  const double worst = ((actual - fake).abs() - fake.abs() * kFp16ScaleRelTol).max().item<double>();
+  EXPECT_LE(worst, 0.0) << what << ": beyond the fp16 rounding of the scales";
+}
+
 // Runs the reference on rank 0; every rank gets its exit status and output.
 test::CommandResult reference(const std::string& arguments) {
   test::CommandResult result;
@@ -88,6 +94,15 @@ class GptqCheckpoint : public ::testing::Test {
   }
   void TearDown() override { dir_.reset(); }
   std::string path(const std::string& name) const { return *dir_ / name; }
+  // A random fp32 checkpoint at path("fp32"), written by rank 0.
+  void save_random_model(const model::ModelConfig& config, uint64_t seed) const {
+    if (runtime().rank() == 0) {
+      model::CausalLM full(config, runtime().self());
+      model::init_random(full, seed, 0.05);
+      model::save_pretrained(full, path("fp32"), true);
+    }
+    runtime().world().barrier();
+  }
 
   std::unique_ptr<model::SharedDir> dir_;
 };
@@ -103,12 +118,7 @@ struct WrittenCase {
 
 TEST_F(GptqCheckpoint, ReferenceCheckpointsLoadUnderEveryTpAsTheReferenceDequantizes) {
   const model::ModelConfig config = packable_llama();
-  if (runtime().rank() == 0) {
-    model::CausalLM full(config, runtime().self());
-    model::init_random(full, 11, 0.05);
-    model::save_pretrained(full, path("fp32"), true);
-  }
-  runtime().world().barrier();
+  save_random_model(config, 11);
   const auto original = read_all(path("fp32") + "/model.safetensors");
   for (const WrittenCase& c : {WrittenCase{4, "v1", 32, false}, WrittenCase{3, "v2", 32, true},
                                WrittenCase{2, "v2", 16, true}, WrittenCase{8, "v1", -1, false}}) {
@@ -194,9 +204,7 @@ TEST_F(GptqCheckpoint, QatStudentReadsBackInTheReferenceWithUnshardedCodes) {
       const torch::Tensor codes = q.codes + (spec.symmetric ? (1 << (spec.bits - 1)) : 0);
       EXPECT_TRUE(torch::equal(read.at(module + ".codes").to(torch::kLong), codes.to(torch::kLong)))
           << tag << " " << module << ": codes differ from the unsharded quantize()";
-      const torch::Tensor fake = baked.at(name);
-      const double worst = ((read.at(module + ".weight") - fake).abs() - fake.abs() * kFp16ScaleRelTol).max().item<double>();
-      EXPECT_LE(worst, 0.0) << tag << " " << module << ": beyond the fp16 rounding of the scales";
+      expect_within_fp16_scale_rounding(read.at(module + ".weight"), baked.at(name), tag + " " + module);
     }
     // Our reader agrees with the reference's unpacking, bitwise, under this TP.
     auto loaded = model::load_pretrained(path(tag), grid.tp_group());
@@ -236,9 +244,7 @@ TEST_F(GptqCheckpoint, GptqActOrderResultsReadBackInTheReference) {
     }
     for (const auto& [name, weight] : fake) {
       if (!is_linear_weight(name)) continue;
-      const torch::Tensor mine = read.at(name.substr(0, name.size() - 7) + ".weight");
-      const double worst = ((mine - weight).abs() - weight.abs() * kFp16ScaleRelTol).max().item<double>();
-      EXPECT_LE(worst, 0.0) << tag << " " << name << ": beyond the fp16 rounding of the scales";
+      expect_within_fp16_scale_rounding(read.at(name.substr(0, name.size() - 7) + ".weight"), weight, tag + " " + name);
     }
   }
 }
@@ -297,20 +303,13 @@ TEST_F(GptqCheckpoint, ShapesTheFormatCannotPackStayFp16AndAreNamedInTheConfig) 
   auto loaded = model::load_pretrained(path("kept"), grid.tp_group());
   const auto reloaded = model::gathered_weights(*loaded);
   for (const std::string name : {"model.layers.0.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight"}) {
-    const double worst =
-        ((reloaded.at(name) - baked.at(name)).abs() - baked.at(name).abs() * kFp16ScaleRelTol).max().item<double>();
-    EXPECT_LE(worst, 0.0) << name;
+    expect_within_fp16_scale_rounding(reloaded.at(name), baked.at(name), name);
   }
 }
 
 TEST_F(GptqCheckpoint, DamagedCheckpointsAreOneErrorNamingTheFileAndTensor) {
   const model::ModelConfig config = packable_llama();
-  if (runtime().rank() == 0) {
-    model::CausalLM full(config, runtime().self());
-    model::init_random(full, 61, 0.05);
-    model::save_pretrained(full, path("fp32"), true);
-  }
-  runtime().world().barrier();
+  save_random_model(config, 61);
   const auto written = reference(fmt::format("write {} {} {} --bits 4 --format v1 --group 32",
                                              test::quoted(path("fp32")), test::quoted(path("w4")),
                                              test::quoted(path("w4.expected.safetensors"))));
