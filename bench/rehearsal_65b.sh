@@ -16,7 +16,7 @@ if [ -f "$TEXT" ]; then head -c 1200 "$TEXT" >"$WORK/text.txt"; else
 fi
 TP4=(--set parallel.tp=4 --set runtime.threads=1 --set log.progress_interval_s=30)
 PTQ=(--calib "$WORK/text.txt" --nsamples 4 --seq-len 32 --wbits 4 --group-size 128 --set ptq.row_parallel=shard
-     --set ptq.hessian_dtype=float32 --set ptq.save=gptq)
+     --set ptq.hessian_dtype=float32 --set ptq.save=gptq --set ptq.errors=false)
 EVAL=(--text "$WORK/text.txt" --seq-len 32 --set eval.batch_size=4)
 
 row() {  # row NAME LOG: the plan and the measured peak of one command, from its log
@@ -44,6 +44,7 @@ echo "== plans (TP 4 on 4 ranks)"
 for stage in eval ptq qat; do
   "$QFORGE" plan --model "$WORK/model" --stage "$stage" --ranks 4 "${TP4[@]}" \
     --set ptq.row_parallel=shard --set ptq.hessian_dtype=float32 --set ptq.nsamples=4 --set ptq.seq_len=32 \
+    --set ptq.errors=false \
     --set eval.seq_len=32 --set eval.batch_size=4 --set train.micro_batch=1 --set generate.seq_len=32 \
     --set distill.teacher=corpus 2>/dev/null
 done | tee "$WORK/plans.txt"

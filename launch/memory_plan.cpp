@@ -119,11 +119,14 @@ class PlanBuilder {
   }
   // Loading reads each tensor into the model's dtype directly (no fp32 model first); the streaming save
   // gathers one full tensor at a time over the writing TP group. The checkpoint code this assumes: docs/memory.md.
+  // Loading copies 8 MB of the file at a time into the parameters, or dequantizes a GPTQ linear 256 inputs at a time
+  // (int64 and fp32 temporaries, about 40 bytes an element, over the widest local output: quant/gptq_checkpoint).
   void add_transients(bool saves) {
-    const int64_t load = w_.largest_local * b_, save = saves ? w_.largest_full * b_ : 0;
+    const int64_t rows = std::max(m_.hidden_size, ceil_div(m_.intermediate_size, tp_));
+    const int64_t load = std::max<int64_t>(8 << 20, 256 * rows * 40), save = saves ? w_.largest_full * b_ : 0;
     add("load/save transient", std::max(load, save),
         saves ? "the largest full tensor, gathered over the writing TP group by the streaming save"
-              : "one tensor read at a time, into the model's dtype");
+              : "reading: an 8 MB chunk, or 256 inputs of a GPTQ linear dequantized at a time");
   }
   int64_t vocab_local() const { return ceil_div(m_.vocab_size, tp_); }
 
@@ -213,10 +216,15 @@ class PlanBuilder {
     const bool shard_mode = p.row_parallel == "shard" && tp_ > 1;
     const int64_t down_in = m_.intermediate_size / (shard_mode ? tp_ : 1);
     const int64_t width = std::max(m_.hidden_size, down_in);
-    const int64_t hessians = (tp_ > 1 ? square / tp_ * hb : 0) + square * hb + 3 * width * width * 4;
+    // The whole sum is gathered for GPTQ in exact mode and for the error report; shard mode without errors keeps
+    // only this rank's rows of it.
+    const bool gathered = p.errors || !shard_mode;
+    const int64_t hessians =
+        (tp_ > 1 ? square / tp_ * hb : 0) + (gathered ? square * hb : 0) + 3 * width * width * 4;
     add("Hessians", hessians,
-        fmt::format("input width {}: X^T X in {} (1/tp of the rows, the gathered sum); GPTQ's fp32 H and 2 factors "
-                    "at width {}{}", n, p.hessian_dtype, width, shard_mode ? " (row-parallel shard mode)" : ""));
+        fmt::format("input width {}: X^T X in {} (1/tp of the rows{}); GPTQ's fp32 H and 2 factors at width {}{}", n,
+                    p.hessian_dtype, gathered ? ", the gathered sum" : "", width,
+                    shard_mode ? " (row-parallel shard mode)" : ""));
 
     // The largest linear's fp32 working set: MLP down (row-parallel) and up (column-parallel).
     const int64_t out = m_.hidden_size, in = m_.intermediate_size;

@@ -77,7 +77,7 @@ int run_init_model(CommandContext& context) {
     // std 0.3: logits spread enough that the teacher prefers some continuations, so quantization has a cost.
     model::init_random(model, static_cast<uint64_t>(integer_option(context, "seed", 0)), /*std=*/0.3);
     if (dtype != torch::kFloat) model.to(dtype);
-    model::save_pretrained(model, out, /*write=*/true);
+    model::save_pretrained(model, out, /*write=*/true, context.config.output.max_shard_bytes());
     tok::write_byte_tokenizer((fs::path(out) / "tokenizer.bin").string());
     log::info("wrote a random LLaMA (hidden {}, {} layers, {}/{} heads, byte-level vocabulary of {}) to {}", c.hidden_size,
               c.num_layers, c.num_heads, c.num_kv_heads, c.vocab_size, out);

@@ -56,7 +56,7 @@ void print_summary(const quant::PtqReport& report, const quant::PtqSettings& set
   }
   std::printf("ptq: %s, %zu linear layers in %.1f s; model in %s\n", settings.describe().c_str(),
               report.linears.size(), report.seconds, out.c_str());
-  if (report.sequences > 0)
+  if (report.sequences > 0 && settings.errors)
     std::printf("ptq: reconstruction error sum ||WX - QX||^2: %s %.6g, rtn %.6g (%.1f%% of rtn)\n",
                 settings.method.c_str(), error, rtn, rtn > 0 ? 100.0 * error / rtn : 0.0);
 }
@@ -93,12 +93,13 @@ int run_ptq(CommandContext& context) {
   const bool writer = grid.dp_rank() == 0;
   std::vector<std::string> saved;
   if (fake) {
-    model::save_pretrained(*model, out.string(), writer);
+    model::save_pretrained(*model, out.string(), writer, c.output.max_shard_bytes());
     saved.push_back(out.string());
   }
   quant::GptqExportReport exported;
   if (gptq_format) {
-    exported = quant::export_gptq(*model, report.quantized, (out / "gptq").string(), writer);
+    exported = quant::export_gptq(*model, report.quantized, (out / "gptq").string(), writer,
+                                   c.output.max_shard_bytes());
     saved.push_back((out / "gptq").string());
   }
   if (context.runtime.rank() == 0) {

@@ -54,8 +54,9 @@ nlohmann::json export_student(CommandContext& context, model::CausalLM& student,
   const quant::GptqExport grids = gptq ? quant::qat_gptq_export(student, c.quant) : quant::GptqExport{};
   quant::bake_weight_quantizers(student);
   quant::GptqExportReport exported;
-  if (gptq) exported = quant::export_gptq(student, grids, (out / "gptq").string(), writer);
-  model::save_pretrained(student, (out / "student").string(), writer);
+  if (gptq)
+    exported = quant::export_gptq(student, grids, (out / "gptq").string(), writer, c.output.max_shard_bytes());
+  model::save_pretrained(student, (out / "student").string(), writer, c.output.max_shard_bytes());
   if (context.runtime.rank() == 0)
     for (const char* dir : {"student", "gptq"})
       if (gptq || std::string(dir) == "student") copy_tokenizer(c.model, (out / dir).string());

@@ -260,7 +260,14 @@ double reconstruction_error(const torch::Tensor& weight, const torch::Tensor& qu
            fmt::format("reconstruction_error needs a [{0}, {0}] X^T X", weight.size(1)));
   torch::NoGradGuard no_grad;
   const torch::Tensor D = (weight.to(torch::kDouble) - quantized.to(torch::kDouble));
-  return (D.mm(xtx.to(torch::kDouble)) * D).sum().item<double>();
+  // In blocks of S's columns, so that no double copy of a large S exists.
+  constexpr int64_t kColumns = 1024;
+  double error = 0;
+  for (int64_t j = 0; j < xtx.size(1); j += kColumns) {
+    const int64_t n = std::min(kColumns, xtx.size(1) - j);
+    error += (D.mm(xtx.narrow(1, j, n).to(torch::kDouble)) * D.narrow(1, j, n)).sum().item<double>();
+  }
+  return error;
 }
 
 }  // namespace qforge::quant

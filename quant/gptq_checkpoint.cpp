@@ -239,29 +239,45 @@ class GptqReader : public model::QuantizedWeightReader {
     torch::NoGradGuard no_grad;
     if (spec.dim >= 0 && spec.stored_length() < spec.length) e.param.zero_();  // padding past the stored rows
     if (rows == 0 || cols == 0) return true;
-    const int64_t n = gptq_run_values(bits), w = gptq_run_words(bits);
-    const int64_t first = c0 / n, last = (c0 + cols + n - 1) / n;
-    const torch::Tensor qweight = checkpoint_.read(module + ".qweight", torch::kInt, 0, first * w, (last - first) * w)
-                                      .narrow(1, r0, rows);
     const torch::Tensor scales = checkpoint_.read(module + ".scales", torch::kHalf, 1, r0, rows);
     const torch::Tensor qzeros = checkpoint_.read(module + ".qzeros", torch::kInt);
-    torch::Tensor g_idx;
-    if (config_.desc_act) {
-      g_idx = checkpoint_.read(module + ".g_idx", torch::kInt, 0, c0, cols);
-      const int64_t low = g_idx.min().item<int64_t>(), high = g_idx.max().item<int64_t>();
-      if (low < 0 || high >= groups)
-        fail(module, fmt::format("g_idx holds groups in [{}, {}], outside the {} of its scales", low, high, groups));
-    } else {
-      g_idx = config_.group_size < 0 ? torch::zeros({cols}, torch::kInt)
-                                     : torch::arange(c0, c0 + cols, torch::kLong).div(config_.group_size, "floor");
+    // A block of whole input runs at a time: the int64 temporaries of unpacking stay small at any width.
+    const int64_t n = gptq_run_values(bits), w = gptq_run_words(bits);
+    const int64_t step = std::max<int64_t>(n, kInputsPerBlock / n * n);
+    // Whole rows of outputs (row-parallel, replicated) are read per block of runs; a column-parallel shard's
+    // columns of qweight (its packed words, b / 32 of the fp32 shard) once.
+    const torch::Tensor shard_words =
+        spec.dim == 0 ? checkpoint_.read(module + ".qweight", torch::kInt, 1, r0, rows) : torch::Tensor();
+    for (int64_t c = c0; c < c0 + cols;) {
+      const int64_t end = std::min(c0 + cols, (c / n * n) + step), count = end - c;
+      const int64_t first = c / n, last = (end + n - 1) / n;  // the runs covering [c, end)
+      const torch::Tensor qweight =
+          shard_words.defined() ? shard_words.narrow(0, first * w, (last - first) * w)
+                                : checkpoint_.read(module + ".qweight", torch::kInt, 0, first * w, (last - first) * w);
+      const torch::Tensor block = dequantize_gptq_block(qweight, qzeros, scales, groups_of(module, c, count, groups),
+                                                        bits, config_.checkpoint_format, r0, c, module);
+      e.param.narrow(0, 0, rows).narrow(1, c - c0, count).copy_(block);
+      c = end;
     }
-    const torch::Tensor block = dequantize_gptq_block(qweight, qzeros, scales, g_idx, bits, config_.checkpoint_format,
-                                                      r0, c0, module);
-    e.param.narrow(0, 0, rows).narrow(1, 0, cols).copy_(block);
     return true;
   }
 
  private:
+  // Inputs dequantized per step (int64 unpacking temporaries of 8 bytes x inputs x outputs).
+  static constexpr int64_t kInputsPerBlock = 256;
+
+  // The groups of inputs [c, c + count): stored g_idx with desc_act, else i / group_size as the loaders assume.
+  torch::Tensor groups_of(const std::string& module, int64_t c, int64_t count, int64_t groups) const {
+    if (!config_.desc_act)
+      return config_.group_size < 0 ? torch::zeros({count}, torch::kInt)
+                                    : torch::arange(c, c + count, torch::kLong).div(config_.group_size, "floor");
+    torch::Tensor g_idx = checkpoint_.read(module + ".g_idx", torch::kInt, 0, c, count);
+    const int64_t low = g_idx.min().item<int64_t>(), high = g_idx.max().item<int64_t>();
+    if (low < 0 || high >= groups)
+      fail(module, fmt::format("g_idx holds groups in [{}, {}], outside the {} of its scales", low, high, groups));
+    return g_idx;
+  }
+
   [[noreturn]] void fail(const std::string& module, const std::string& what) const {
     throw Error(fmt::format("{}: GPTQ linear {}: {}", checkpoint_.dir(), module, what));
   }

@@ -81,12 +81,16 @@ class Quantizer {
     // A copy: on a CPU fp32 model .to() would alias the parameter, which is overwritten below.
     torch::Tensor local = site.weight.detach().to(torch::kCPU, torch::kFloat, false, /*copy=*/true);
     // Rows with all their columns: the unit GPTQ quantizes exactly.
-    torch::Tensor full_rows = split_rows ? rows_of(tp_.all_gather(local.contiguous(), 1)) : local;
+    // In shard mode these rows serve only the error report.
+    const bool errors = settings_.errors && sum.defined();
+    torch::Tensor full_rows = split_rows && (!shard || errors) ? rows_of(tp_.all_gather(local.contiguous(), 1)) : local;
     torch::Tensor target = shard ? local : full_rows;
     torch::Tensor hessian;
     if (sum.defined()) {
       const int64_t width = local.size(1);
-      torch::Tensor block = shard ? sum.narrow(0, r * width, width).narrow(1, r * width, width) : sum;
+      // The whole sum [n, n], or (shard mode without errors) this rank's row block [width, n].
+      const bool row_block = sum.size(0) != sum.size(1);
+      torch::Tensor block = shard ? sum.narrow(0, row_block ? 0 : r * width, width).narrow(1, r * width, width) : sum;
       hessian = (block * (2.0 / static_cast<double>(sequences))).to(torch::kFloat);
     }
     const bool gptq = settings_.method == "gptq";
@@ -105,7 +109,7 @@ class Quantizer {
     report.rows = site.row_parallel ? local.size(0) : local.size(0) * n;
     report.columns = site.row_parallel ? local.size(1) * n : local.size(1);
     report.seconds = seconds_since(start);
-    if (!sum.defined()) return report;
+    if (!errors) return report;
     // Errors over the whole weight: each rank takes its rows with all columns, the TP group adds them up.
     torch::Tensor q_rows = shard ? rows_of(tp_.all_gather(q.contiguous(), 1)) : q;
     report.error = summed(reconstruction_error(full_rows, q_rows, sum));
@@ -135,10 +139,10 @@ class Quantizer {
     weight.copy_(tp_.all_gather(q_rows.contiguous(), 0).narrow(1, tp_.rank() * width, width));
   }
 
-  // This rank's 1/tp of the rows of a full-width weight.
+  // This rank's 1/tp of the rows of a full-width weight (a copy: the full weight is freed).
   torch::Tensor rows_of(const torch::Tensor& full) const {
     const int64_t rows = full.size(0) / tp_.size();
-    return full.narrow(0, tp_.rank() * rows, rows);
+    return full.narrow(0, tp_.rank() * rows, rows).clone();
   }
 
   double summed(double value) const {
@@ -283,7 +287,11 @@ PtqReport run_ptq(model::CausalLM& model, const torch::Tensor& sequences, const 
       std::map<LinearInput, torch::Tensor> full_sums;
       for (auto& [input, accumulator] : sums) {
         accumulator->reduce(dp);
-        full_sums[input] = accumulator->gathered_sum(model.tp()).cpu();  // GPTQ runs on the host
+        // GPTQ runs on the host. Without the error report, shard mode needs only this rank's rows of the sum.
+        const bool own_rows = !settings.errors && settings.row_parallel == "shard" && model.tp().size() > 1 &&
+                              (input == LinearInput::kAttentionOut || input == LinearInput::kMlpHidden);
+        full_sums[input] = own_rows ? accumulator->sum().cpu() : accumulator->gathered_sum(model.tp()).cpu();
+        accumulator.reset();
       }
       for (const LinearSite* site : members) {
         auto it = full_sums.find(site->input_kind);

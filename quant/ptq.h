@@ -47,6 +47,7 @@ struct PtqSettings {  // config section `ptq`
   int64_t batch_size = 1;                 // sequences per forward pass (1: the reference's; layout-independent)
   std::vector<std::string> exclude;       // substrings of linear names kept in full precision
   std::string save = "both";              // gptq (output.dir/gptq) | fake (output.dir) | both
+  bool errors = true;                     // report ||WX - QX||^2 of the method and RTN (needs every whole sum)
 
   template <class V>
   void visit(V& v) {
@@ -71,6 +72,7 @@ struct PtqSettings {  // config section `ptq`
     v("batch_size", batch_size, config::at_least(1));
     v("exclude", exclude);
     v("save", save, config::one_of({"both", "gptq", "fake"}));
+    v("errors", errors);
   }
 
   GptqOptions gptq_options() const;

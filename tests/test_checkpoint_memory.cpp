@@ -1,4 +1,4 @@
-// Peak resident memory per rank while saving and loading a 234 MB (bf16) model under every TP size of the job:
+// Peak resident memory per rank while saving and loading a 223 MB (bf16) model under every TP size of the job:
 // saving gathers one tensor at a time (the shard plus the largest tensor, never the model), loading reads each
 // tensor straight into bf16 parameters (the shard, no fp32 copy). Measured with VmHWM, reset before each phase.
 #include "framework/model/checkpoint_io.h"
@@ -16,6 +16,10 @@ namespace {
 // Besides the tensors: one 8 MB chunk of mapped file pages while loading, stdio buffers while saving, allocator
 // overhead, and what the process maps beside (MPI's shared memory: 12 MB on 1 rank, 31-35 MB on 2-4 ranks).
 constexpr double kSlackMb = 48.0;
+// Saving, beside the gathered tensor: MPI's shared-memory segments and fragment lists (they grow when 4 ranks share
+// 2 cores), what its allgather stages, heap chunks kept from smaller tensors (measured 16 to 43 MB above the tensor
+// on 2-4 ranks with this model).
+constexpr double kGatherSlackMb = 96.0;
 constexpr double kMb = 1048576.0;
 
 ModelConfig wide_llama() {
@@ -38,7 +42,10 @@ double worst_over_ranks(double value) {
 
 struct Figures {
   int tp;
-  double shard_mb, largest_mb, save_mb, load_mb;
+  double shard_mb, largest_mb;
+  double save_mb;        // peak RSS above the start (before the model) while saving: the shard and the transient
+  double save_extra_mb;  // the save's own transient: peak above the RSS just before it
+  double load_mb;
 };
 
 TEST(CheckpointMemory, SavingAndLoadingHoldTheShardAndOneTensorNotTheModel) {
@@ -48,7 +55,7 @@ TEST(CheckpointMemory, SavingAndLoadingHoldTheShardAndOneTensorNotTheModel) {
   for (int tp : tp_sizes()) {
     dist::Grid grid(runtime(), tp);
     const std::string path = dir / fmt::format("tp{}", tp);
-    Figures f{tp, 0, 0, 0, 0};
+    Figures f{tp, 0, 0, 0, 0, 0};
     int64_t model_bytes = 0;
     ::malloc_trim(0);
     const int64_t base = sys::current_rss_bytes();
@@ -68,8 +75,10 @@ TEST(CheckpointMemory, SavingAndLoadingHoldTheShardAndOneTensorNotTheModel) {
       f.largest_mb = largest / kMb;
       ::malloc_trim(0);
       ASSERT_TRUE(sys::reset_peak_rss()) << "/proc/self/clear_refs is not writable: VmHWM cannot be reset";
+      const int64_t before_save = sys::current_rss_bytes();
       save_pretrained(model, path, grid.dp_rank() == 0);
       f.save_mb = worst_over_ranks((sys::peak_rss_bytes() - base) / kMb);
+      f.save_extra_mb = worst_over_ranks((sys::peak_rss_bytes() - before_save) / kMb);
     }
     ASSERT_GE(model_bytes, 200LL << 20) << "a model of at least 200 MB";
     runtime().world().barrier();
@@ -82,10 +91,13 @@ TEST(CheckpointMemory, SavingAndLoadingHoldTheShardAndOneTensorNotTheModel) {
     figures.push_back(f);
     if (runtime().rank() == 0)
       std::printf("[ figures  ] TP %d of %d ranks, model %.1f MB bf16: shard %.1f MB, largest tensor %.1f MB; peak "
-                  "RSS above the start: saving %.1f MB, loading %.1f MB (worst rank)\n",
-                  tp, runtime().size(), model_bytes / kMb, f.shard_mb, f.largest_mb, f.save_mb, f.load_mb);
-    // Saving: the shard, plus one gathered tensor at a time.
-    EXPECT_LE(f.save_mb, f.shard_mb + f.largest_mb + kSlackMb) << "TP " << tp;
+                  "RSS above the start: saving %.1f MB (%.1f MB above the model), loading %.1f MB (worst rank)\n",
+                  tp, runtime().size(), model_bytes / kMb, f.shard_mb, f.largest_mb, f.save_mb, f.save_extra_mb,
+                  f.load_mb);
+    // Saving: beside the shard, one gathered tensor at a time.
+    EXPECT_LE(f.save_extra_mb, f.largest_mb + kGatherSlackMb) << "TP " << tp;
+    // ... a bound below the whole model, which a save that gathered every tensor before writing would hold.
+    EXPECT_LT(f.largest_mb + kGatherSlackMb, model_bytes / kMb);
     // Loading: the bf16 shard; an fp32 copy of it would add twice as much again.
     EXPECT_LE(f.load_mb, f.shard_mb + kSlackMb) << "TP " << tp;
     EXPECT_GE(f.load_mb, f.shard_mb * 0.9) << "TP " << tp << ": the parameters themselves are resident";

@@ -185,8 +185,11 @@ TEST_F(GptqCheckpoint, QatStudentReadsBackInTheReferenceWithUnshardedCodes) {
     const GptqExport grids = qat_gptq_export(student, settings);
     bake_weight_quantizers(student);
     const auto baked = model::gathered_weights(student);
-    const GptqExportReport report = export_gptq(student, grids, path(tag), grid.dp_rank() == 0);
+    // Sharded (about 10 files and the index), as a large model is.
+    const GptqExportReport report = export_gptq(student, grids, path(tag), grid.dp_rank() == 0, 40000);
     runtime().world().barrier();
+    EXPECT_TRUE(fs::exists(path(tag) + "/model.safetensors.index.json")) << tag;
+    EXPECT_FALSE(fs::exists(path(tag) + "/model.safetensors")) << tag;
     std::string summary;
     const auto read = read_with_reference(path(tag), path(tag + ".read.safetensors"), &summary);
     ASSERT_FALSE(read.empty()) << tag;

@@ -40,9 +40,12 @@ struct LogSettings {
 
 struct OutputSettings {
   std::string dir;  // where a command writes its outputs, beside the resolved config; empty: no files
+  double max_shard_gb = 5.0;  // checkpoints above this many GB go out as shards plus an index (Hugging Face's 5GB)
+  int64_t max_shard_bytes() const { return static_cast<int64_t>(max_shard_gb * 1e9); }
   template <class V>
   void visit(V& v) {
     v("dir", dir);
+    v("max_shard_gb", max_shard_gb, [](double gb) { return gb > 0 ? std::string() : std::string("> 0"); });
   }
 };
 
