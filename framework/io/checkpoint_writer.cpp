@@ -51,7 +51,8 @@ void check_plan(const std::vector<TensorSpec>& plan, const std::string& where) {
     const std::string what = fmt::format("cannot save tensor '{}' to '{}'", t.name, where);
     if (t.name.empty() || t.name == "__metadata__")
       throw Error(fmt::format("{}: expected a name other than \"\" and \"__metadata__\"", what));
-    if (!seen.insert(t.name).second) throw Error(fmt::format("{}: the name is given twice; expected unique names", what));
+    if (!seen.insert(t.name).second)
+      throw Error(fmt::format("{}: the name is given twice; expected unique names", what));
     try {
       safetensors_dtype_name(t.dtype);
     } catch (const Error& e) {
@@ -78,7 +79,9 @@ std::vector<std::vector<size_t>> plan_shards(const std::vector<TensorSpec>& plan
   return shards;
 }
 
-std::string shard_name(size_t i, size_t count) { return fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, count); }
+std::string shard_name(size_t i, size_t count) {
+  return fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, count);
+}
 
 std::vector<TensorSpec> plan_of(const std::string& where,
                                 const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
@@ -145,7 +148,8 @@ int64_t SafetensorsFileWriter::finish() {
   if (out_) {
     std::FILE* file = out_;
     out_ = nullptr;
-    if (std::fclose(file) != 0) throw Error(fmt::format("writing '{}' failed: {}", file_->temp_path(), std::strerror(errno)));
+    if (std::fclose(file) != 0)
+      throw Error(fmt::format("writing '{}' failed: {}", file_->temp_path(), std::strerror(errno)));
   }
   return bytes_;
 }
@@ -223,7 +227,8 @@ void save_checkpoint(const std::string& dir, const std::vector<std::pair<std::st
   writer.commit();
 }
 
-int64_t save_safetensors_file(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+int64_t save_safetensors_file(const std::string& path,
+                              const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                               const std::map<std::string, std::string>& metadata) {
   const fs::path parent = fs::path(path).parent_path();
   std::error_code ec;

@@ -32,7 +32,8 @@ class SafetensorsFileWriter {
  public:
   // Throws qforge::Error naming the file and the tensor for an empty, reserved or repeated name, a dtype the
   // format lacks, or a file that cannot be written.
-  SafetensorsFileWriter(std::string path, std::vector<TensorSpec> plan, const std::map<std::string, std::string>& metadata);
+  SafetensorsFileWriter(std::string path, std::vector<TensorSpec> plan,
+                        const std::map<std::string, std::string>& metadata);
   ~SafetensorsFileWriter();
   SafetensorsFileWriter(const SafetensorsFileWriter&) = delete;
   SafetensorsFileWriter& operator=(const SafetensorsFileWriter&) = delete;
@@ -89,7 +90,8 @@ void save_checkpoint(const std::string& dir, const std::vector<std::pair<std::st
 
 // Writes `tensors` as one safetensors file at `path` (through a temporary name, renamed when complete), with
 // `metadata` as its "__metadata__"; creates missing parent directories. Returns the bytes written.
-int64_t save_safetensors_file(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+int64_t save_safetensors_file(const std::string& path,
+                              const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace qforge::io
