@@ -24,7 +24,7 @@ ppl() {  # ppl MODEL BITS -> "nll ppl"
 }
 
 read -r fp_nll fp_ppl <<<"$(ppl stories 16-16-16)"
-echo "| W-A-KV | RTN ppl (NLL) | QAT ppl (NLL) | QAT gain over RTN | final KD loss | packed weights (bytes) |"
+echo "| W-A-KV | RTN ppl (NLL) | QAT ppl (NLL) | QAT gain over RTN | final KD loss | GPTQ checkpoint (bytes) |"
 echo "|---|---|---|---|---|---|"
 echo "| 16-16-16 (teacher) | $fp_ppl ($fp_nll) | | | | $(du -b stories/model.safetensors | cut -f1) (fp32) |"
 for bits in 4-8-4 4-8-8 8-8-4 4-16-16; do
@@ -33,7 +33,7 @@ for bits in 4-8-4 4-8-8 8-8-4 4-16-16; do
     --output "qat-$bits" --quant "$bits" --lr "$LR" >"qat-$bits.log" 2>&1
   read -r qat_nll qat_ppl <<<"$(ppl "qat-$bits/student" "$bits")"
   loss=$(sed -n 's/.*"final_loss": \([0-9.]*\).*/\1/p' "qat-$bits/qat.json" | xargs printf "%.4f")
-  packed=$(sed -n 's/.*"packed_bytes": \([0-9]*\).*/\1/p' "qat-$bits/qat.json")
+  packed=$(sed -n 's/.*"gptq_bytes": \([0-9]*\).*/\1/p' "qat-$bits/qat.json")
   gain=$(awk -v r="$rtn_ppl" -v q="$qat_ppl" 'BEGIN { printf "%.1f%% lower ppl", 100 * (r - q) / r }')
   echo "| $bits | $rtn_ppl ($rtn_nll) | $qat_ppl ($qat_nll) | $gain | $loss | $packed |"
 done

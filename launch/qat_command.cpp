@@ -1,8 +1,8 @@
 // qforge qat: quantization-aware training with knowledge distillation (LLM-QAT stage 2). The student is the
 // teacher's checkpoint with fake quantizers attached (quant section); it learns the teacher's soft labels on the
 // generated corpus (distill section) under the trainer (train section). Outputs under output.dir: checkpoints/,
-// student/ (Hugging Face safetensors of the fake-quantized weights, loadable by every qforge command), packed/
-// (integer codes and scales) and qat.json.
+// student/ (Hugging Face safetensors of the fake-quantized weights, loadable by every qforge command), gptq/
+// (the GPTQ checkpoint format: codes, fp16 scales; weights of 2, 3, 4 or 8 bits) and qat.json.
 #include "launch/model_commands.h"
 
 #include "distill/distillation.h"
