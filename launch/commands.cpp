@@ -9,6 +9,7 @@
 #include "framework/system/memory.h"
 #include "framework/system/system_info.h"
 #include "quant/gptq_checkpoint.h"
+#include "rptq/rptq_checkpoint.h"
 
 #include <fmt/format.h>
 
@@ -146,6 +147,7 @@ int run_qforge(dist::Runtime& runtime, const std::vector<std::string>& args) {
 
   sys::configure_threads(config.runtime.threads, runtime.local_size());
   quant::register_gptq_reader();  // load_pretrained then reads GPTQ checkpoints
+  rptq::register_rptq_reader();   // and RPTQ's
   sys::warn_if_reference_blas();
   for (const auto& command : all_commands()) {
     if (command.spec.name != line.command) continue;

@@ -10,6 +10,7 @@
 #include "framework/tokenizer/tokenizer.h"
 #include "quant/qat.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -54,15 +55,45 @@ int64_t integer_option(const CommandContext& context, const std::string& name, i
 }
 
 // A random LLaMA with a byte-level tokenizer: the pipeline end to end with nothing downloaded.
+// Real OPT and LLaMA models have a few hidden channels whose norm outputs are 10-50x the others (the outliers
+// RPTQ and LLM.int8() are about): `count` channels of every decoder norm, drawn per layer, get their weight (and
+// OPT's bias) multiplied by a factor drawn in [10, 50].
+void plant_outliers(model::CausalLM& model, int64_t count, uint64_t seed) {
+  if (count == 0) return;
+  torch::NoGradGuard no_grad;
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed + 7919);
+  const int64_t hidden = model.config().hidden_size;
+  for (auto& layer : model.layers)
+    for (auto* norm : {&layer->attention_norm, &layer->mlp_norm}) {
+      torch::Tensor channels = torch::randperm(hidden, generator, torch::kLong).narrow(0, 0, count);
+      torch::Tensor factors = torch::rand({count}, generator) * 40 + 10;
+      (*norm)->weight.index_copy_(0, channels, (*norm)->weight.index_select(0, channels) * factors);
+      if ((*norm)->bias.defined())
+        (*norm)->bias.index_copy_(0, channels, (*norm)->bias.index_select(0, channels) * factors);
+    }
+}
+
 int run_init_model(CommandContext& context) {
   const std::string out = required_option(context, "out");
   model::ModelConfig c;
-  c.family = model::Family::kLlama;
+  const std::string family = context.line.options.count("family") ? context.line.options.at("family") : "llama";
+  if (family != "llama" && family != "opt")
+    throw UsageError(fmt::format("qforge init-model: --family must be llama or opt (got '{}')", family));
+  c.family = family == "opt" ? model::Family::kOpt : model::Family::kLlama;
   c.vocab_size = integer_option(context, "vocab", tok::kByteTokenizerVocab);
   c.hidden_size = integer_option(context, "hidden", 64);
   c.num_layers = integer_option(context, "layers", 2);
   c.num_heads = integer_option(context, "heads", 4);
-  c.num_kv_heads = integer_option(context, "kv-heads", 2);
+  c.num_kv_heads = integer_option(context, "kv-heads", family == "opt" ? c.num_heads : 2);
+  if (family == "opt") {  // pre-norm OPT (OPT-125m and up), tied embeddings, no GQA
+    if (c.num_kv_heads != c.num_heads)
+      throw UsageError("qforge init-model: OPT has no grouped-query attention: --kv-heads must equal --heads");
+    c.tie_word_embeddings = true;
+    c.norm_before = true;
+  }
+  const int64_t outliers = integer_option(context, "outliers", 0);
+  if (outliers < 0 || outliers > c.hidden_size)
+    throw UsageError(fmt::format("qforge init-model: --outliers must be in 0..{} (the hidden size)", c.hidden_size));
   c.intermediate_size = integer_option(context, "intermediate", (c.hidden_size * 8 / 3 + 15) / 16 * 16);
   const torch::ScalarType dtype = model::parse_dtype(context.line.options.count("dtype")
                                                          ? context.line.options.at("dtype") : "float32");
@@ -76,11 +107,13 @@ int run_init_model(CommandContext& context) {
     model::CausalLM model(c, context.runtime.self());
     // std 0.3: logits spread enough that the teacher prefers some continuations, so quantization has a cost.
     model::init_random(model, static_cast<uint64_t>(integer_option(context, "seed", 0)), /*std=*/0.3);
+    plant_outliers(model, outliers, static_cast<uint64_t>(integer_option(context, "seed", 0)));
     if (dtype != torch::kFloat) model.to(dtype);
     model::save_pretrained(model, out, /*write=*/true, context.config.output.max_shard_bytes());
     tok::write_byte_tokenizer((fs::path(out) / "tokenizer.bin").string());
-    log::info("wrote a random LLaMA (hidden {}, {} layers, {}/{} heads, byte-level vocabulary of {}) to {}", c.hidden_size,
-              c.num_layers, c.num_heads, c.num_kv_heads, c.vocab_size, out);
+    log::info("wrote a random {} (hidden {}, {} layers, {}/{} heads, byte-level vocabulary of {}{}) to {}",
+              family == "opt" ? "OPT" : "LLaMA", c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads,
+              c.vocab_size, outliers ? fmt::format(", {} outlier channels per norm", outliers) : "", out);
   }
   context.runtime.world().barrier();
   return 0;
@@ -94,10 +127,12 @@ int run_eval(CommandContext& context) {
   required_setting(c.eval.text, "eval.text", "text");
   dist::Grid grid(context.runtime, c.parallel.tp);
   auto model = load_model(context, grid);
-  const quant::AttachReport quantized = quant::attach_quantizers(*model, c.quant);
-  if (quantized.quantized_linears > 0 || quantized.attention_layers > 0)
+  const quant::BitWidths bits = quant::parse_bits(c.quant.bits);
+  if (bits.weight < 16 || bits.act < 16 || bits.kv < 16) {  // else a quantized checkpoint's own quantizers stay
+    const quant::AttachReport quantized = quant::attach_quantizers(*model, c.quant);
     log::info("fake-quantized W-A-KV {}: {} linear layers, {} attention layers", c.quant.bits,
               quantized.quantized_linears, quantized.attention_layers);
+  }
   auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
   torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
   const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model->config().max_positions;
@@ -185,12 +220,14 @@ std::vector<Command> model_commands() {
          {"tokenizer", true, "tokenizer to copy beside it"}},
         {"format"}},
        run_convert},
-      {{"init-model", "a random LLaMA with a byte-level tokenizer (nothing to download): init-model --out DIR",
+      {{"init-model", "a random LLaMA (or OPT) with a byte-level tokenizer (nothing to download): init-model --out DIR",
         {{"out", true, "output directory"}, {"hidden", true, "hidden size (64)"}, {"layers", true, "decoder layers (2)"},
          {"heads", true, "attention heads (4)"}, {"kv-heads", true, "key/value heads (2)"}, {"seed", true, "seed (0)"},
          {"intermediate", true, "MLP width (hidden * 8 / 3, rounded up to 16)"},
          {"vocab", true, "vocabulary (the byte tokenizer's 259; more: rows no token reaches)"},
-         {"dtype", true, "float32 (default), bfloat16 or float16: the stored dtype"}}},
+         {"dtype", true, "float32 (default), bfloat16 or float16: the stored dtype"},
+         {"family", true, "llama (default) or opt (pre-norm, tied embeddings)"},
+         {"outliers", true, "channels per norm scaled 10-50x, as real models' outlier channels (0)"}}},
        run_init_model},
       {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N] [--quant W-A-KV]",
         {model_option, tokenizer_option, {"text", true, "text file", "eval.text"}, {"seq-len", true, "window length", "eval.seq_len"},
@@ -220,12 +257,13 @@ std::vector<Command> model_commands() {
          {"max-steps", true, "stop after N steps (0: the epochs)", "train.max_steps"},
          {"resume", false, "continue from the newest checkpoint in output.dir/checkpoints"}}},
        run_qat},
-      {{"ptq", "post-training weight quantization (GPTQ or RTN): ptq --model DIR --output DIR --calib TEXT "
+      {{"ptq", "post-training quantization (GPTQ, RTN, or RPTQ + GPTQ): ptq --model DIR --output DIR --calib TEXT "
                "(or --calib-corpus FILE.h5) --wbits 4",
         {model_option, tokenizer_option, {"output", true, "output directory (the quantized checkpoint)", "output.dir"},
          {"calib", true, "calibration text file", "ptq.calib"},
          {"calib-corpus", true, "calibration corpus (HDF5 from qforge generate): data-free", "ptq.calib_corpus"},
-         {"method", true, "gptq or rtn", "ptq.method"}, {"wbits", true, "weight bits, 2..8", "ptq.wbits"},
+         {"method", true, "gptq, rtn or rptq", "ptq.method"}, {"wbits", true, "weight bits, 2..8", "ptq.wbits"},
+         {"setting", true, "rptq: W4A16, W4A8, W4A4, W4A4KV, W4A3KV or W3A3KV", "rptq.setting"},
          {"group-size", true, "input columns per scale (-1: per row)", "ptq.group_size"},
          {"sym", true, "true (symmetric grid) or false", "ptq.sym"},
          {"act-order", false, "quantize columns by decreasing Hessian diagonal", "ptq.act_order"},

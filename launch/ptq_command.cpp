@@ -14,6 +14,7 @@
 #include "quant/calibration.h"
 #include "quant/gptq_checkpoint.h"
 #include "quant/ptq.h"
+#include "rptq/rptq_checkpoint.h"
 
 #include <fmt/format.h>
 
@@ -61,6 +62,56 @@ void print_summary(const quant::PtqReport& report, const quant::PtqSettings& set
                 settings.method.c_str(), error, rtn, rtn > 0 ? 100.0 * error / rtn : 0.0);
 }
 
+// ptq.method rptq: the model reordered, its activations quantized per cluster, its weights by GPTQ; written as
+// RPTQ's checkpoint (rptq/rptq_checkpoint.h). With eval.text, the perplexity of the same weights under each
+// activation scheme: none (weights only), LLM-QAT's per-token dynamic ranges, static per-tensor, RPTQ.
+int run_rptq_ptq(CommandContext& context, dist::Grid& grid, model::CausalLM& model) {
+  const QforgeConfig& c = context.config;
+  auto [p, r] = rptq::resolve_settings(c.ptq, c.rptq, model.config());
+  auto [sequences, source] = calibration_sequences(c, model.config());
+  torch::Tensor local = quant::dp_share(sequences, grid.dp_group());
+  log::info("ptq: rptq {}, weights {} on {} sequences of {} tokens from {}; {}", r.describe(p.wbits), p.describe(),
+            sequences.size(0), sequences.size(1), source, grid.describe());
+  const rptq::RptqResult result = rptq::run_rptq(model, local, p, r, grid.dp_group());
+
+  nlohmann::json perplexities = nlohmann::json::object();
+  if (!c.eval.text.empty()) {
+    auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
+    torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
+    const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model.config().max_positions;
+    for (const char* mode : {"none", "per_token", "per_tensor", "rptq"}) {
+      rptq::use_activations(model, result.layers, r, mode);
+      const eval::PerplexityResult ppl =
+          eval::perplexity(model, tokens, seq_len, c.eval.batch_size, grid.dp_group());
+      perplexities[mode] = ppl.perplexity;
+      log::info("ptq: {} activations: perplexity {:.4f} on {} ({} tokens)", mode, ppl.perplexity, c.eval.text,
+                ppl.tokens);
+    }
+    rptq::use_activations(model, result.layers, r, r.activations);
+  }
+  const fs::path out = c.output.dir;
+  rptq::save_rptq(model, result.layers, p, r, out.string(), grid.dp_rank() == 0, c.output.max_shard_bytes());
+  if (context.runtime.rank() == 0) {
+    copy_tokenizer(c.model, out.string());
+    print_summary(result.ptq, p, out.string());
+    if (!perplexities.empty())
+      std::printf("ptq: %s perplexity on %s: weights only %.4f, per-token %.4f, per-tensor %.4f, rptq %.4f\n",
+                  r.describe(p.wbits).c_str(), c.eval.text.c_str(), perplexities["none"].get<double>(),
+                  perplexities["per_token"].get<double>(), perplexities["per_tensor"].get<double>(),
+                  perplexities["rptq"].get<double>());
+  }
+  nlohmann::json json = result.ptq.to_json(p);
+  json["model"] = c.model.path;
+  json["calibration_source"] = source;
+  json["layout"] = grid.describe();
+  json["rptq"] = rptq::rptq_quantization_config(p, r, model);
+  json["rptq"].erase("sites");
+  json["rptq"]["cluster_seconds"] = result.cluster_seconds;
+  if (!perplexities.empty()) json["perplexity"] = {{"text", c.eval.text}, {"by_activations", perplexities}};
+  write_outputs(context, "ptq.json", json.dump(2) + "\n");
+  return 0;
+}
+
 }  // namespace
 
 int run_ptq(CommandContext& context) {
@@ -73,12 +124,17 @@ int run_ptq(CommandContext& context) {
                      "(--calib-corpus), not both");
   const bool calibrated = !p.calib.empty() || !p.calib_corpus.empty();
   const bool gptq_format = p.save != "fake", fake = p.save != "gptq";
-  if (gptq_format)
+  if (gptq_format && p.method != "rptq")
     quant::check_gptq_bits(p.wbits, "ptq.wbits", "set ptq.save=fake to write only the fake-quantized model");
-  if (p.method == "gptq" && !calibrated)
-    throw UsageError("ptq.method gptq needs calibration data: set --calib TEXT or --calib-corpus FILE.h5");
+  if (p.uses_gptq() && !calibrated)
+    throw UsageError(fmt::format("ptq.method {} needs calibration data: set --calib TEXT or --calib-corpus FILE.h5",
+                                 p.method));
+  if (p.method == "rptq" && p.save == "gptq")
+    throw UsageError("ptq.method rptq writes RPTQ's checkpoint (docs/rptq.md), which the GPTQ format cannot hold: "
+                     "set ptq.save=fake (or both)");
   dist::Grid grid(context.runtime, c.parallel.tp);
   auto model = load_model(context, grid);
+  if (p.method == "rptq") return run_rptq_ptq(context, grid, *model);
 
   torch::Tensor local;
   if (calibrated) {

@@ -8,6 +8,7 @@
 #include "framework/train/trainer.h"
 #include "quant/ptq.h"
 #include "quant/qat.h"
+#include "rptq/settings.h"
 
 namespace qforge {
 
@@ -24,6 +25,7 @@ struct QforgeConfig {
   distill::DistillSettings distill;
   train::TrainSettings train;
   quant::PtqSettings ptq;
+  rptq::RptqSettings rptq;
 
   template <class V>
   void visit(V& v) {
@@ -39,6 +41,7 @@ struct QforgeConfig {
     v("distill", distill);
     v("train", train);
     v("ptq", ptq);
+    v("rptq", rptq);
   }
 };
 

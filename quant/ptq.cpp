@@ -40,8 +40,8 @@ struct Activations {
 
 class Quantizer {
  public:
-  Quantizer(model::CausalLM& model, const PtqSettings& settings)
-      : tp_(model.tp()), settings_(settings), options_(settings.gptq_options()) {}
+  Quantizer(model::CausalLM& model, const PtqSettings& settings, const PtqHooks& hooks)
+      : tp_(model.tp()), settings_(settings), hooks_(hooks), options_(settings.gptq_options()) {}
 
   // Checks every linear's settings before any work is done.
   void check(const std::vector<LinearSite>& linears) const {
@@ -93,16 +93,19 @@ class Quantizer {
       torch::Tensor block = shard ? sum.narrow(0, row_block ? 0 : r * width, width).narrow(1, r * width, width) : sum;
       hessian = (block * (2.0 / static_cast<double>(sequences))).to(torch::kFloat);
     }
-    const bool gptq = settings_.method == "gptq";
+    const bool gptq = settings_.uses_gptq();
     QF_CHECK(!gptq || hessian.defined(), site.name + ": GPTQ needs calibration data");
-    const GptqResult result = gptq ? gptq_quantize(target, hessian, options_) : rtn_quantize(target, options_);
+    QF_CHECK(!hooks_.quantize || !shard, site.name + ": a method's own weight grids need ptq.row_parallel exact");
+    const GptqResult result = hooks_.quantize ? hooks_.quantize(site, target, hessian)
+                              : gptq          ? gptq_quantize(target, hessian, options_)
+                                              : rtn_quantize(target, options_);
     const torch::Tensor& q = result.weight;
     if (split_rows && !shard) {  // back to this rank's columns
       assign_columns(q, local.size(1), site.weight);
     } else {
       site.weight.copy_(q);
     }
-    grids_[site.name + ".weight"] = grid_of(result, split_rows, shard);
+    if (!hooks_.quantize) grids_[site.name + ".weight"] = grid_of(result, split_rows, shard);
 
     LinearReport report;
     report.name = site.name;
@@ -154,6 +157,7 @@ class Quantizer {
 
   dist::Communicator& tp_;
   const PtqSettings& settings_;
+  const PtqHooks& hooks_;
   GptqOptions options_;
   std::map<std::string, QuantizedLinear> grids_;
 };
@@ -187,7 +191,7 @@ GptqQuantizationConfig PtqSettings::gptq_config() const {
   c.desc_act = act_order;
   c.sym = sym;
   c.static_groups = static_groups;
-  c.damp_percent = method == "gptq" ? percdamp : 0.0;
+  c.damp_percent = uses_gptq() ? percdamp : 0.0;
   c.true_sequential = true_sequential;
   return c;
 }
@@ -195,7 +199,7 @@ GptqQuantizationConfig PtqSettings::gptq_config() const {
 std::string PtqSettings::describe() const {
   const std::string groups = group_size < 0 ? "per-row" : fmt::format("g{}", group_size);
   std::string text = fmt::format("{} w{} {} {}", method, wbits, groups, sym ? "sym" : "asym");
-  if (method == "gptq") {
+  if (uses_gptq()) {
     if (act_order) text += static_groups ? " act-order static-groups" : " act-order";
     if (!true_sequential) text += " not-true-sequential";
   }
@@ -233,13 +237,13 @@ nlohmann::json PtqReport::to_json(const PtqSettings& settings) const {
 }
 
 PtqReport run_ptq(model::CausalLM& model, const torch::Tensor& sequences, const PtqSettings& settings,
-                  dist::Communicator& dp) {
+                  dist::Communicator& dp, const PtqHooks& hooks) {
   torch::NoGradGuard no_grad;
   const auto start = Clock::now();
   std::vector<LinearSite> linears;
   for (const LinearSite& site : model::decoder_linears(model))
     if (!is_excluded(site.name, settings.exclude)) linears.push_back(site);
-  Quantizer quantizer(model, settings);
+  Quantizer quantizer(model, settings, hooks);
   quantizer.check(linears);
 
   PtqReport report;
@@ -248,8 +252,8 @@ PtqReport run_ptq(model::CausalLM& model, const torch::Tensor& sequences, const 
   dp.all_reduce(sequence_count, dist::ReduceOp::kSum);
   report.sequences = sequence_count.item<int64_t>();
   report.seq_len = calibrated ? sequences.size(1) : 0;
-  if (settings.method == "gptq" && report.sequences == 0)
-    throw UsageError("ptq.method gptq needs calibration sequences: set ptq.calib (--calib) or ptq.calib_corpus "
+  if (settings.uses_gptq() && report.sequences == 0)
+    throw UsageError("ptq.method " + settings.method + " needs calibration sequences: set ptq.calib (--calib) or ptq.calib_corpus "
                      "(--calib-corpus)");
 
   Activations activations;
@@ -265,6 +269,7 @@ PtqReport run_ptq(model::CausalLM& model, const torch::Tensor& sequences, const 
   const auto layers = static_cast<int64_t>(model.layers.size());
   log::Progress progress("ptq", layers, "layers");
   for (int64_t layer = 0; layer < layers; ++layer) {
+    if (hooks.before_block) hooks.before_block(layer, [&] { run_block(model, layer, activations, false); });
     for (const std::vector<LinearInput>& group : groups_of(settings.true_sequential)) {
       std::vector<const LinearSite*> members;
       for (const LinearSite& site : linears)
@@ -299,7 +304,12 @@ PtqReport run_ptq(model::CausalLM& model, const torch::Tensor& sequences, const 
                                                     report.sequences));
       }
     }
-    run_block(model, layer, activations, /*keep_outputs=*/true);
+    auto propagate = [&] { run_block(model, layer, activations, /*keep_outputs=*/true); };
+    if (hooks.propagate) {
+      hooks.propagate(layer, propagate);
+    } else {
+      propagate();
+    }
     progress.advance();
   }
   report.quantized.config = settings.gptq_config();

@@ -21,13 +21,14 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace qforge::quant {
 
 struct PtqSettings {  // config section `ptq`
-  std::string method = "gptq";            // gptq | rtn
+  std::string method = "gptq";            // gptq | rtn | rptq (GPTQ weights + RPTQ's reorders and activations)
   int wbits = 4;                          // 2..8
   int64_t group_size = -1;                // input columns per scale; -1: one per row
   bool sym = true;
@@ -51,7 +52,7 @@ struct PtqSettings {  // config section `ptq`
 
   template <class V>
   void visit(V& v) {
-    v("method", method, config::one_of({"gptq", "rtn"}));
+    v("method", method, config::one_of({"gptq", "rtn", "rptq"}));
     v("wbits", wbits, [](int b) { return b >= 2 && b <= 8 ? std::string() : std::string("2..8"); });
     v("group_size", group_size,
       [](int64_t g) { return g == -1 || g >= 1 ? std::string() : std::string("-1 (per row) or >= 1"); });
@@ -75,6 +76,7 @@ struct PtqSettings {  // config section `ptq`
     v("errors", errors);
   }
 
+  bool uses_gptq() const { return method != "rtn"; }
   GptqOptions gptq_options() const;
   GptqQuantizationConfig gptq_config() const;  // the checkpoint's quantization_config
   // "gptq w4 g128 sym act-order" and the like.
@@ -99,10 +101,24 @@ struct PtqReport {
   nlohmann::json to_json(const PtqSettings& settings) const;
 };
 
+// Steps a method adds to the walk (RPTQ: reorders, activation quantizers, fixed weight grids).
+struct PtqHooks {
+  // Called before the linears of block `layer` are quantized, with a function that runs the block as it then is
+  // over the calibration batches (observers see them; its outputs are dropped). Collective like run_ptq.
+  std::function<void(int64_t layer, const std::function<void()>& run_block)> before_block;
+  // Wraps the pass that computes block `layer`'s outputs (the next block's inputs) once its weights are quantized:
+  // `run_block` is that pass (e.g. RPTQ takes its activation quantizers off around it).
+  std::function<void(int64_t layer, const std::function<void()>& run_block)> propagate;
+  // Quantizes `rows` (a weight's rows with all their input columns) given the Hessian (fp32, undefined without
+  // calibration) instead of GPTQ / RTN on ptq's grid. Its grids are not exported (PtqReport::quantized).
+  std::function<GptqResult(const model::LinearSite& site, const torch::Tensor& rows, const torch::Tensor& hessian)>
+      quantize;
+};
+
 // Quantizes every decoder linear of `model` not excluded, replacing its weights by their fake-quantized values.
 // `sequences` [n, T] are this DP rank's calibration sequences (may be empty tensors with n = 0 for method rtn, which
 // then reports no errors). Collective over the model's TP group and over `dp`.
 PtqReport run_ptq(model::CausalLM& model, const torch::Tensor& sequences, const PtqSettings& settings,
-                  dist::Communicator& dp);
+                  dist::Communicator& dp, const PtqHooks& hooks = {});
 
 }  // namespace qforge::quant

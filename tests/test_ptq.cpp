@@ -46,8 +46,8 @@ TEST(Sites, EverySiteIsObservedOnceAndObserversDetachByHandle) {
   model::init_random(model, 3);
   torch::Tensor ids = model::random_ids(2, 7, 250, 4);
   auto sites = model::named_sites(model);
-  // 2 layers x (2 norms + 7 linears x 2 + 5 attention sites) + final norm + head input and weight.
-  EXPECT_EQ(sites.size(), 2u * (2 + 14 + 5) + 3);
+  // 2 layers x (2 norms + 7 linears x 2 + 6 attention sites) + final norm + head input and weight.
+  EXPECT_EQ(sites.size(), 2u * (2 + 14 + 6) + 3);
   std::map<std::string, int> calls;
   std::vector<std::pair<model::Site*, model::Site::Handle>> handles;
   for (auto& [name, site] : sites)

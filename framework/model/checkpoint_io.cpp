@@ -75,6 +75,7 @@ std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communic
     progress.advance();
   }
   if (device != torch::Device(torch::kCPU)) model->to(device);
+  if (quantized) quantized->finish(*model);
   model->eval();
   return model;
 }
@@ -116,7 +117,8 @@ torch::ScalarType parse_dtype(const std::string& name) {
   throw UsageError(fmt::format("model.dtype '{}' is not one of float32, bfloat16, float16", name));
 }
 
-void save_pretrained(CausalLM& model, const std::string& dir, bool write, int64_t max_shard_bytes) {
+void save_pretrained(CausalLM& model, const std::string& dir, bool write, int64_t max_shard_bytes,
+                     const nlohmann::json& config_extra) {
   if (!write) return;  // the whole TP group passes the same `write`: other groups take no part
   const bool writer = model.tp().rank() == 0;
   std::vector<io::TensorSpec> plan;
@@ -133,6 +135,7 @@ void save_pretrained(CausalLM& model, const std::string& dir, bool write, int64_
   out->commit();
   nlohmann::json config = model.config().to_json();
   config["torch_dtype"] = dtype_name(plan.empty() ? torch::kFloat : plan.front().dtype);
+  for (const auto& item : config_extra.items()) config[item.key()] = item.value();
   write_file_atomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n");
 }
 

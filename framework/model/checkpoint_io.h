@@ -5,6 +5,8 @@
 
 #include "framework/model/transformer.h"
 
+#include <nlohmann/json.hpp>
+
 #include <memory>
 #include <string>
 
@@ -42,8 +44,10 @@ torch::ScalarType parse_dtype(const std::string& name);
 // When `write` (pass true on one TP group only, e.g. DP rank 0, and the same value on every rank of a TP group):
 // collective over the model's TP group, which gathers one tensor at a time while its TP rank 0 streams it into
 // `dir` (sharded above max_shard_bytes when > 0; see io::CheckpointWriter), then writes config.json. No rank
-// holds more than its shard and one gathered tensor. Other groups return at once.
-void save_pretrained(CausalLM& model, const std::string& dir, bool write, int64_t max_shard_bytes = 0);
+// holds more than its shard and one gathered tensor. Other groups return at once. `config_extra`'s keys are added
+// to config.json (e.g. a quantization_config), which is written last: the checkpoint is complete once it exists.
+void save_pretrained(CausalLM& model, const std::string& dir, bool write, int64_t max_shard_bytes = 0,
+                     const nlohmann::json& config_extra = nlohmann::json::object());
 
 // Imports a llama2.c checkpoint (legacy fp32 format: 7 int32 header dim, hidden_dim, n_layers, n_heads,
 // n_kv_heads, vocab_size (negative: separate classifier), seq_len) into a Hugging Face LLaMA checkpoint in

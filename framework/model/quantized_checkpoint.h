@@ -18,12 +18,17 @@ class Checkpoint;
 
 namespace qforge::model {
 
+class CausalLM;
+
 class QuantizedWeightReader {
  public:
   virtual ~QuantizedWeightReader() = default;
   // Fills this rank's shard of `e` (any dtype) when the checkpoint stores it quantized and returns true; false
   // leaves it to the ordinary path (embeddings, norms, biases, linears kept in full precision).
   virtual bool load(const WeightEntry& e) const = 0;
+  // Called once every weight is loaded: a format that changes the computation (fused reorders, static activation
+  // quantizers) installs that on the model here. Collective over the model's TP group when it says so.
+  virtual void finish(CausalLM& model) const { (void)model; }
 };
 
 // Builds the reader of one checkpoint from config.json's quantization_config (`config_path` names it in errors).

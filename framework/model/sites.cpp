@@ -83,7 +83,7 @@ std::vector<std::pair<std::string, Site*>> named_sites(CausalLM& model) {
     add_linear(sites, attention->v_proj);
     for (auto [suffix, site] : {std::pair<const char*, Site*>{".q", &attention->q_site}, {".k", &attention->k_site},
                                 {".v", &attention->v_site}, {".k_cache", &attention->k_cache_site},
-                                {".v_cache", &attention->v_cache_site}})
+                                {".v_cache", &attention->v_cache_site}, {".probs", &attention->probs_site}})
       sites.emplace_back(attention->name() + suffix, site);
     add_linear(sites, attention->o_proj);
     sites.emplace_back(layer->mlp_norm->name() + ".output", &layer->mlp_norm->output_site);

@@ -1,7 +1,7 @@
 // Named places in the model's computation where methods attach: any number of observers (calibration statistics,
 // Hessians) and one transform (a quantizer, a reorder). Every decoder linear has an `input` and a `weight` site,
 // every norm an `output` site, and every attention `q`, `k`, `v` (the projections' outputs [B, heads, T, d],
-// before RoPE) and `k_cache`, `v_cache` (after RoPE: what the KV cache stores).
+// before RoPE), `k_cache`, `v_cache` (after RoPE: what the KV cache stores) and `probs` (softmax probabilities).
 //
 // A site passes a tensor through its transform (identity when none is set); observers are then called with the
 // tensor the computation goes on with (after the transform), in the order they were added. Observers see values,
@@ -80,7 +80,7 @@ struct LinearSite {
 std::vector<LinearSite> decoder_linears(CausalLM& model);
 
 // Every site of `model` under its name: "<module>.input", "<module>.weight" for linears (LM head included),
-// "<norm>.output", "<layer>.self_attn.{q,k,v,k_cache,v_cache}"; in model order.
+// "<norm>.output", "<layer>.self_attn.{q,k,v,k_cache,v_cache,probs}"; in model order.
 std::vector<std::pair<std::string, Site*>> named_sites(CausalLM& model);
 
 }  // namespace qforge::model

@@ -42,12 +42,12 @@ constexpr int64_t kQueryBlock = 128;
 // softmax(q k^T + mask) v for pre-scaled q [B, H, t, d] and k, v [B, H, l, d]; a key is visible to a query
 // when its position is not after the query's.
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                     const torch::Tensor& query_positions, const torch::Tensor& key_positions) {
+                     const torch::Tensor& query_positions, const torch::Tensor& key_positions, const Site& probs) {
   const int64_t batch = q.size(0);
   torch::Tensor scores = torch::matmul(q.to(torch::kFloat), k.to(torch::kFloat).transpose(-2, -1));
   torch::Tensor hidden = key_positions.view({batch, 1, 1, -1}) > query_positions.view({batch, 1, -1, 1});
   scores.masked_fill_(hidden, -std::numeric_limits<float>::infinity());
-  return torch::matmul(torch::softmax(scores, -1).to(v.scalar_type()), v);
+  return torch::matmul(probs(torch::softmax(scores, -1)).to(v.scalar_type()), v);
 }
 
 // A decoder block that keeps only its input: the backward pass runs the block again under autograd and
@@ -97,10 +97,12 @@ torch::Tensor NormImpl::forward(const torch::Tensor& x) {
   torch::Tensor x32 = x.to(torch::kFloat);
   if (!rms_) {
     torch::Tensor normed = torch::layer_norm(x32, {x.size(-1)}, weight.to(torch::kFloat), bias.to(torch::kFloat), eps_);
+    if (output_index.defined()) normed = normed.index_select(-1, output_index);
     return output_site(normed.to(x.scalar_type()));
   }
   torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
-  return output_site(weight * normed.to(x.scalar_type()));
+  torch::Tensor y = weight * normed.to(x.scalar_type());
+  return output_site(output_index.defined() ? y.index_select(-1, output_index) : y);
 }
 
 // ---- Attention ---------------------------------------------------------------------------------------------
@@ -128,8 +130,17 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   torch::Tensor v = v_site(v_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2));
   if (config_.family == Family::kLlama) {
     auto [cos, sin] = rotary_tables(positions, head_dim, config_.rope_theta);
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
+    if (rope_index.defined()) {  // each kv head's channels in their permuted order; q heads follow their kv head
+      const int64_t group = local_heads_ / local_kv_heads_;
+      torch::Tensor kv_index = rope_index.view({1, local_kv_heads_, 1, head_dim}).expand({batch, -1, length, -1});
+      torch::Tensor q_index = rope_index.repeat_interleave(group, 0).view({1, local_heads_, 1, head_dim})
+                                  .expand({batch, -1, length, -1});
+      q = q * cos.expand_as(q).gather(-1, q_index) + rotate_half(q) * sin.expand_as(q).gather(-1, q_index);
+      k = k * cos.expand_as(k).gather(-1, kv_index) + rotate_half(k) * sin.expand_as(k).gather(-1, kv_index);
+    } else {
+      q = q * cos + rotate_half(q) * sin;
+      k = k * cos + rotate_half(k) * sin;
+    }
   }
   k = k_cache_site(k);
   v = v_cache_site(v);
@@ -157,7 +168,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     torch::Tensor block_positions = positions.narrow(1, start, count);
     const int64_t keys = keys_by_position ? block_positions.max().item<int64_t>() + 1 : start + count;
     blocks.push_back(attend(q.narrow(2, start, count), k.narrow(2, 0, keys), v.narrow(2, 0, keys), block_positions,
-                            key_positions.narrow(1, 0, keys)));
+                            key_positions.narrow(1, 0, keys), probs_site));
   }
   torch::Tensor context = (blocks.size() == 1 ? blocks[0] : torch::cat(blocks, 2))
                               .transpose(1, 2)

@@ -29,6 +29,9 @@ class NormImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
   const std::string& name() const { return name_; }
   torch::Tensor weight, bias;
+  // When defined (int64 [dim]): the output is written in this channel order, output[..., i] = y[..., index[i]]
+  // (a reorder fused into the norm, e.g. RPTQ's); the input (the residual stream) keeps its order.
+  torch::Tensor output_index;
   Site output_site;
 
  private:
@@ -48,8 +51,13 @@ class AttentionImpl : public torch::nn::Module {
   ColumnParallelLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr};
   RowParallelLinear o_proj{nullptr};
   // The projections' outputs [B, local heads, T, head_dim] before RoPE (KV quantizers attach at k and v for
-  // LLM-QAT's pre-RoPE place), and the keys and values the cache stores, after RoPE.
-  Site q_site, k_site, v_site, k_cache_site, v_cache_site;
+  // LLM-QAT's pre-RoPE place), the keys and values the cache stores, after RoPE, and the attention
+  // probabilities [B, local heads, queries, keys] (one block of queries at a time).
+  Site q_site, k_site, v_site, k_cache_site, v_cache_site, probs_site;
+  // When defined (int64 [local kv heads, head_dim]): the q and k projections' rows are permuted within each head
+  // by this index (q heads by the index of their kv head), keeping rotate-half pairs (i, i + head_dim / 2) at
+  // (j, j + head_dim / 2); RoPE then takes each channel's frequency from its original place.
+  torch::Tensor rope_index;
 
  private:
   std::string name_;

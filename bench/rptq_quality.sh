@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# RPTQ's quality table: perplexity on WikiText-2 and TinyStories-val of W4A16, W4A8, W4A4, W4A4KV, W4A3KV, W3A3KV,
+# with the same GPTQ weights under static per-tensor activations (what RPTQ improves on) and under RPTQ's
+# per-cluster ones (one `ptq --method rptq` run per setting and text measures both), on:
+#   stories260K (../shared); a random OPT and a random LLaMA (GQA) with outlier channels planted in every norm
+#   (init-model --outliers: 4 of 128 channels 10-50x larger, as real OPT models have them); and, when given, a QAT
+#   student of stories260K (the mission's chain: QAT 4-8-4, then RPTQ + GPTQ; bench/qat_stories260k.sh makes one).
+# Calibration: 128 windows of 256 tokens of the C4 validation documents (neither evaluation text). Prints Markdown.
+# usage: bench/rptq_quality.sh QFORGE SHARED_DIR WORK_DIR [RANKS] [QAT_STUDENT_DIR]
+set -euo pipefail
+QFORGE=$1
+SHARED=$2
+WORK=$3
+RANKS=${4:-2}
+STUDENT=${5:-}
+MPI=(mpirun --oversubscribe -np "$RANKS")
+TINY="$SHARED/data/tinystories/tinystories_val.txt"
+WIKI="$SHARED/data/wikitext-2/wiki.test.raw"
+SETTINGS=(W4A16 W4A8 W4A4 W4A4KV W4A3KV W3A3KV)
+mkdir -p "$WORK/out"
+cd "$WORK"
+
+[ -f stories/config.json ] || "$QFORGE" convert llama2c --in "$SHARED/models/stories260K/stories260K.bin" \
+  --tokenizer "$SHARED/models/stories260K/tok512.bin" --out stories 2>/dev/null
+[ -f random-opt/config.json ] || "$QFORGE" init-model --family opt --out random-opt --hidden 128 --layers 4 \
+  --heads 8 --intermediate 512 --outliers 4 --seed 1 2>/dev/null
+[ -f random-llama/config.json ] || "$QFORGE" init-model --out random-llama --hidden 128 --layers 4 --heads 8 \
+  --kv-heads 2 --intermediate 352 --outliers 4 --seed 2 2>/dev/null
+[ -f c4.txt ] || /usr/bin/python3 -c \
+  "import json,sys; print('\n\n'.join(json.loads(l)['text'] for l in open(sys.argv[1])))" \
+  "$SHARED/data/c4/c4_validation_2k.jsonl" >c4.txt
+
+fp() {  # fp MODEL TEXT -> perplexity
+  "${MPI[@]}" "$QFORGE" eval ppl --model "$1" --text "$2" --seq-len 256 2>/dev/null \
+    | sed -n 's/.*perplexity \([0-9.]*\)$/\1/p'
+}
+rptq() {  # rptq MODEL SETTING TEXT -> "per-tensor rptq"
+  local out="out/$(basename "$1")-$2-$(basename "$3")"
+  [ -f "$out/ptq.json" ] || "${MPI[@]}" "$QFORGE" ptq --method rptq --model "$1" --output "$out" --setting "$2" \
+    --calib c4.txt --nsamples 128 --seq-len 256 --set eval.text="$3" --set eval.seq_len=256 >"$out.log" 2>&1
+  /usr/bin/python3 -c "import json,sys; p=json.load(open(sys.argv[1]))['perplexity']['by_activations']; \
+print(f\"{p['per_tensor']:.3f} {p['rptq']:.3f} {p['per_token']:.3f}\")" "$out/ptq.json"
+}
+
+models=(stories random-opt random-llama)
+[ -n "$STUDENT" ] && models+=("$STUDENT")
+echo "| model | setting | WikiText-2 per-tensor | WikiText-2 RPTQ | TinyStories per-tensor | TinyStories RPTQ |"
+echo "|---|---|---|---|---|---|"
+for model in "${models[@]}"; do
+  echo "| $(basename "$model") | FP | $(fp "$model" "$WIKI") | | $(fp "$model" "$TINY") | |"
+  for setting in "${SETTINGS[@]}"; do
+    read -r wt wr _ <<<"$(rptq "$model" "$setting" "$WIKI")"
+    read -r tt tr _ <<<"$(rptq "$model" "$setting" "$TINY")"
+    echo "| $(basename "$model") | $setting | $wt | $wr | $tt | $tr |"
+  done
+done
