@@ -60,7 +60,7 @@ struct FixedGrid {
 // GPTQ (same column loop, blocks, damping, dead-column handling, no act-order) with every element's grid given:
 // only block_size and percdamp of `options` play a part. result.codes hold q (in [qmin, qmax]); result.scales
 // and result.zeros are the given [rows, cols] tensors; g_idx is arange(cols); perm is undefined. Throws Error
-// when the shapes do not fit (grid tensors not [rows, cols], qmin > qmax) or the dampened Hessian is not
+// when the shapes do not fit (grid tensors not [rows, cols], qmin >= qmax) or the dampened Hessian is not
 // positive definite, UsageError on bad block_size or percdamp.
 GptqResult gptq_quantize_fixed(const torch::Tensor& weight, const torch::Tensor& hessian, const FixedGrid& grid,
                                const GptqOptions& options);
