@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace qforge::quant {
@@ -46,11 +47,28 @@ struct Quantized {
   float value;
 };
 
-// quantize(): q = clamp(round(x / scale) + zero, 0, maxq), x̂ = scale * (q - zero), with the reference's division
-// (not a multiplication by 1 / scale, which rounds differently).
-inline Quantized quantize_value(float x, Grid grid, float maxq) {
-  const float q = std::clamp(std::nearbyint(x / grid.scale) + grid.zero, 0.0f, maxq);
+// quantize(): q = clamp(round(x / scale) + zero, qmin, qmax), x̂ = scale * (q - zero), with the reference's
+// division (not a multiplication by 1 / scale, which rounds differently). qmin is 0 on GPTQ's own grid, -2^(b-1)
+// on RPTQ's signed one.
+inline Quantized quantize_value(float x, Grid grid, float qmin, float qmax) {
+  const float q = std::clamp(std::nearbyint(x / grid.scale) + grid.zero, qmin, qmax);
   return {q, grid.scale * (q - grid.zero)};
+}
+
+// The shape checks both GPTQ entry points share.
+void check_gptq_shapes(const torch::Tensor& weight, const torch::Tensor& hessian) {
+  QF_CHECK(weight.dim() == 2, fmt::format("GPTQ needs a 2-dimensional weight, got {} dimensions", weight.dim()));
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  QF_CHECK(hessian.dim() == 2 && hessian.size(0) == cols && hessian.size(1) == cols,
+           fmt::format("GPTQ needs a [{0}, {0}] Hessian for a [{1}, {0}] weight, got {2}", cols, rows,
+                       fmt::join(hessian.sizes(), "x")));
+}
+
+// Inputs that never fire: their weights are dropped and their Hessian row made harmless (W, H fp32, in place).
+void drop_dead_columns(torch::Tensor& W, torch::Tensor& H) {
+  const torch::Tensor dead = H.diagonal() == 0;
+  H.diagonal().masked_fill_(dead, 1);
+  W.masked_fill_(dead.unsqueeze(0), 0);
 }
 
 // The reference's Hinv: the upper Cholesky factor of H^-1 (after dampening), via cholesky_inverse as it does. Kept
@@ -97,6 +115,59 @@ torch::Tensor natural_g_idx(int64_t cols, int64_t group_size) {
   return torch::arange(cols, torch::kInt32).div(group_size, "floor");
 }
 
+// The reference's column loop, shared by both entry points: blocks of `block_size` columns of the fp32
+// contiguous W (its later columns updated in place after each block), with Hinv the upper factor of H^-1.
+// `grid_of(r, col, w_row)` gives element (r, col)'s grid, w_row being row r of W before this block's updates; it
+// is called once per element, row by row in column order, rows in parallel. Writes the dequantized weight and
+// the codes (fp32 [rows, cols]) and returns the sum of Losses.
+template <typename GridOf>
+double column_loop(torch::Tensor& W, const torch::Tensor& Hinv, int64_t block_size, float qmin, float qmax,
+                   const GridOf& grid_of, torch::Tensor& Q, torch::Tensor& codes) {
+  const int64_t rows = W.size(0), cols = W.size(1);
+  std::vector<double> row_loss(rows, 0.0);
+  const torch::Tensor hinv_rows = Hinv.contiguous();  // row-major for the column loop's Hinv1[i, i:]
+  const float* hinv = hinv_rows.data_ptr<float>();
+  const float* w = W.data_ptr<float>();
+  float* q_out = Q.data_ptr<float>();
+  float* code_out = codes.data_ptr<float>();
+
+  for (int64_t i1 = 0; i1 < cols; i1 += block_size) {
+    const int64_t i2 = std::min(i1 + block_size, cols), count = i2 - i1;
+    torch::Tensor err1 = torch::empty({rows, count});
+    float* err = err1.data_ptr<float>();
+    // Inside a block the rows are independent: each runs the reference's column loop on its own copy of its
+    // block (W1's row, contiguous in cache), updating it with the fp32 products the reference's rank-1 matmul
+    // makes. The outer W is not written during the block, so the group ranges read from it see this block's
+    // columns without this block's updates, as the reference's `find_params(W[:, i1+i : i1+i+groupsize])` does.
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      std::vector<float> w1(count);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* w_row = w + r * cols;
+        std::copy(w_row + i1, w_row + i2, w1.begin());
+        double loss = 0;
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t col = i1 + i;
+          const Quantized q = quantize_value(w1[i], grid_of(r, col, w_row), qmin, qmax);
+          q_out[r * cols + col] = q.value;
+          code_out[r * cols + col] = q.code;
+          const float d = hinv[col * cols + col];
+          const float diff = w1[i] - q.value;
+          loss += (diff * diff) / (d * d) / 2;
+          const float e = diff / d;
+          err[r * count + i] = e;
+          const float* h = hinv + col * cols + i1;  // Hinv1[i, :]
+          for (int64_t j = i + 1; j < count; ++j) w1[j] -= e * h[j];
+        }
+        row_loss[r] += loss;
+      }
+    });
+    if (i2 < cols) W.slice(1, i2).sub_(err1.matmul(Hinv.slice(0, i1, i2).slice(1, i2)));
+  }
+  double total = 0;
+  for (double loss : row_loss) total += loss;
+  return total;
+}
+
 }  // namespace
 
 void check_gptq_options(const GptqOptions& options, int64_t columns, const std::string& layer) {
@@ -113,11 +184,8 @@ void check_gptq_options(const GptqOptions& options, int64_t columns, const std::
 }
 
 GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessian, const GptqOptions& options) {
-  QF_CHECK(weight.dim() == 2, fmt::format("GPTQ needs a 2-dimensional weight, got {} dimensions", weight.dim()));
+  check_gptq_shapes(weight, hessian);
   const int64_t rows = weight.size(0), cols = weight.size(1);
-  QF_CHECK(hessian.dim() == 2 && hessian.size(0) == cols && hessian.size(1) == cols,
-           fmt::format("GPTQ needs a [{0}, {0}] Hessian for a [{1}, {0}] weight, got {2}", cols, rows,
-                       fmt::join(hessian.sizes(), "x")));
   check_gptq_options(options, cols, fmt::format("a [{}, {}] weight", rows, cols));
   torch::NoGradGuard no_grad;
   const float maxq = static_cast<float>((1 << options.bits) - 1);
@@ -132,10 +200,7 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
   result.zeros = torch::empty({rows, groups});
   if (!grouped) fill_grids(W, 0, cols, options, 0, result.scales, result.zeros);  // before dead columns, as ref
 
-  // Inputs that never fire: their weights are dropped and their Hessian row made harmless.
-  const torch::Tensor dead = H.diagonal() == 0;
-  H.diagonal().masked_fill_(dead, 1);
-  W.masked_fill_(dead.unsqueeze(0), 0);
+  drop_dead_columns(W, H);
   if (static_groups)
     for (int64_t g = 0; g < groups; ++g)
       fill_grids(W, g * options.group_size, std::min(cols, (g + 1) * options.group_size), options, g,
@@ -150,58 +215,22 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
 
   torch::Tensor Q = torch::empty({rows, cols});
   torch::Tensor codes = torch::empty({rows, cols});
-  std::vector<double> row_loss(rows, 0.0);
-  const torch::Tensor hinv_rows = Hinv.contiguous();  // row-major for the column loop's Hinv1[i, i:]
-  const float* hinv = hinv_rows.data_ptr<float>();
-  const float* w = W.data_ptr<float>();
-  float* q_out = Q.data_ptr<float>();
-  float* code_out = codes.data_ptr<float>();
   float* scale_of = result.scales.data_ptr<float>();
   float* zero_of = result.zeros.data_ptr<float>();
   const int64_t* perm = options.act_order ? result.perm.data_ptr<int64_t>() : nullptr;
   const int64_t group_size = grouped ? options.group_size : cols;
-
-  for (int64_t i1 = 0; i1 < cols; i1 += options.block_size) {
-    const int64_t i2 = std::min(i1 + options.block_size, cols), count = i2 - i1;
-    torch::Tensor err1 = torch::empty({rows, count});
-    float* err = err1.data_ptr<float>();
-    // Inside a block the rows are independent: each runs the reference's column loop on its own copy of its
-    // block (W1's row, contiguous in cache), updating it with the fp32 products the reference's rank-1 matmul
-    // makes. The outer W is not written during the block, so the group ranges read from it see this block's
-    // columns without this block's updates, as the reference's `find_params(W[:, i1+i : i1+i+groupsize])` does.
-    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-      std::vector<float> w1(count);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* w_row = w + r * cols;
-        std::copy(w_row + i1, w_row + i2, w1.begin());
-        double loss = 0;
-        for (int64_t i = 0; i < count; ++i) {
-          const int64_t col = i1 + i;
-          const int64_t g = static_groups && perm ? perm[col] / group_size : col / group_size;
-          if (grouped && !static_groups && col % group_size == 0) {
-            const Grid grid = find_grid(w_row + col, std::min(group_size, cols - col), maxq, options.symmetric);
-            scale_of[r * groups + g] = grid.scale;
-            zero_of[r * groups + g] = grid.zero;
-          }
-          const Quantized q = quantize_value(w1[i], {scale_of[r * groups + g], zero_of[r * groups + g]}, maxq);
-          q_out[r * cols + col] = q.value;
-          code_out[r * cols + col] = q.code;
-          const float d = hinv[col * cols + col];
-          const float diff = w1[i] - q.value;
-          loss += (diff * diff) / (d * d) / 2;
-          const float e = diff / d;
-          err[r * count + i] = e;
-          const float* h = hinv + col * cols + i1;  // Hinv1[i, :]
-          for (int64_t j = i + 1; j < count; ++j) w1[j] -= e * h[j];
-        }
-        row_loss[r] += loss;
-      }
-    });
-    if (i2 < cols) W.slice(1, i2).sub_(err1.matmul(Hinv.slice(0, i1, i2).slice(1, i2)));
-  }
-
-  result.loss = 0;
-  for (double loss : row_loss) result.loss += loss;
+  // The grid of (r, col): a group's range is found when the loop reaches its first column (from the weight as
+  // it stands before this block's updates), unless the ranges were fixed up front.
+  const auto grid_of = [&](int64_t r, int64_t col, const float* w_row) {
+    const int64_t g = static_groups && perm ? perm[col] / group_size : col / group_size;
+    if (grouped && !static_groups && col % group_size == 0) {
+      const Grid grid = find_grid(w_row + col, std::min(group_size, cols - col), maxq, options.symmetric);
+      scale_of[r * groups + g] = grid.scale;
+      zero_of[r * groups + g] = grid.zero;
+    }
+    return Grid{scale_of[r * groups + g], zero_of[r * groups + g]};
+  };
+  result.loss = column_loop(W, Hinv, options.block_size, 0.0f, maxq, grid_of, Q, codes);
   result.codes = codes.to(torch::kInt32);
   result.weight = Q;
   if (options.act_order) {
@@ -244,13 +273,87 @@ GptqResult rtn_quantize(const torch::Tensor& weight, const GptqOptions& options)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t g = r * groups + c / group_size;
-      const Quantized q = quantize_value(w[r * cols + c], {s[g], z[g]}, maxq);
+      const Quantized q = quantize_value(w[r * cols + c], {s[g], z[g]}, 0.0f, maxq);
       q_out[r * cols + c] = q.value;
       code_out[r * cols + c] = q.code;
     }
   result.codes = codes.to(torch::kInt32);
   result.g_idx = natural_g_idx(cols, options.group_size);
   return result;
+}
+
+namespace {
+
+// The fixed grid's tensors as fp32 contiguous [rows, cols], checked against the weight.
+std::pair<torch::Tensor, torch::Tensor> fixed_grid_tensors(const torch::Tensor& weight, const FixedGrid& grid) {
+  QF_CHECK(weight.dim() == 2, fmt::format("a fixed-grid quantization needs a 2-dimensional weight, got {} "
+                                          "dimensions", weight.dim()));
+  QF_CHECK(grid.scale.defined() && grid.zero.defined() && grid.scale.sizes() == weight.sizes() &&
+               grid.zero.sizes() == weight.sizes(),
+           fmt::format("a fixed grid needs scale and zero of the weight's shape [{}]", fmt::join(weight.sizes(), "x")));
+  QF_CHECK(grid.qmin < grid.qmax, fmt::format("a fixed grid needs qmin < qmax, got {}..{}", grid.qmin, grid.qmax));
+  return {grid.scale.detach().to(torch::kFloat).contiguous(), grid.zero.detach().to(torch::kFloat).contiguous()};
+}
+
+// The bookkeeping both fixed-grid entry points return.
+GptqResult fixed_result(const torch::Tensor& Q, const torch::Tensor& codes, const FixedGrid& grid, int64_t cols) {
+  GptqResult result;
+  result.weight = Q;
+  result.codes = codes.to(torch::kInt32);
+  result.scales = grid.scale;
+  result.zeros = grid.zero;
+  result.g_idx = torch::arange(cols, torch::kInt32);
+  return result;
+}
+
+}  // namespace
+
+GptqResult gptq_quantize_fixed(const torch::Tensor& weight, const torch::Tensor& hessian, const FixedGrid& grid,
+                               const GptqOptions& options) {
+  check_gptq_shapes(weight, hessian);
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  const auto [scale, zero] = fixed_grid_tensors(weight, grid);
+  GptqOptions checked = options;  // bits and groups play no part: only block_size and percdamp are checked
+  checked.bits = 4;
+  checked.group_size = -1;
+  check_gptq_options(checked, cols, fmt::format("a [{}, {}] weight", rows, cols));
+  torch::NoGradGuard no_grad;
+
+  torch::Tensor W = weight.detach().to(torch::kFloat).contiguous().clone();
+  torch::Tensor H = hessian.detach().to(torch::kFloat).contiguous().clone();
+  drop_dead_columns(W, H);  // the grid was fixed before, as RPTQ calibrates its weight quantizer first
+  const torch::Tensor Hinv = inverse_hessian_factor(H, options.percdamp);
+  const float* s = scale.data_ptr<float>();
+  const float* z = zero.data_ptr<float>();
+  const auto grid_of = [&](int64_t r, int64_t col, const float*) { return Grid{s[r * cols + col], z[r * cols + col]}; };
+  torch::Tensor Q = torch::empty({rows, cols});
+  torch::Tensor codes = torch::empty({rows, cols});
+  const double loss = column_loop(W, Hinv, options.block_size, static_cast<float>(grid.qmin),
+                                  static_cast<float>(grid.qmax), grid_of, Q, codes);
+  GptqResult result = fixed_result(Q, codes, grid, cols);
+  result.loss = loss;
+  return result;
+}
+
+GptqResult rtn_quantize_fixed(const torch::Tensor& weight, const FixedGrid& grid) {
+  const auto [scale, zero] = fixed_grid_tensors(weight, grid);
+  torch::NoGradGuard no_grad;
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  const torch::Tensor W = weight.detach().to(torch::kFloat).contiguous();
+  torch::Tensor Q = torch::empty({rows, cols});
+  torch::Tensor codes = torch::empty({rows, cols});
+  const float* w = W.data_ptr<float>();
+  const float* s = scale.data_ptr<float>();
+  const float* z = zero.data_ptr<float>();
+  float* q_out = Q.data_ptr<float>();
+  float* code_out = codes.data_ptr<float>();
+  const float qmin = static_cast<float>(grid.qmin), qmax = static_cast<float>(grid.qmax);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const Quantized q = quantize_value(w[i], {s[i], z[i]}, qmin, qmax);
+    q_out[i] = q.value;
+    code_out[i] = q.code;
+  }
+  return fixed_result(Q, codes, grid, cols);
 }
 
 double reconstruction_error(const torch::Tensor& weight, const torch::Tensor& quantized, const torch::Tensor& xtx) {

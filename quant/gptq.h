@@ -50,6 +50,24 @@ GptqResult gptq_quantize(const torch::Tensor& weight, const torch::Tensor& hessi
 // (act_order, static_groups, block_size and percdamp play no part): the baseline GPTQ is measured against.
 GptqResult rtn_quantize(const torch::Tensor& weight, const GptqOptions& options);
 
+// A grid fixed per weight element before GPTQ runs (RPTQ's ranges per output row and input cluster):
+// x_hat = (clamp(round(x / scale) + zero, qmin, qmax) - zero) * scale, in fp32 with the reference's division.
+struct FixedGrid {
+  torch::Tensor scale, zero;  // fp32 [rows, cols] (zero integer-valued)
+  int64_t qmin = 0, qmax = 15;
+};
+
+// GPTQ (same column loop, blocks, damping, dead-column handling, no act-order) with every element's grid given:
+// only block_size and percdamp of `options` play a part. result.codes hold q (in [qmin, qmax]); result.scales
+// and result.zeros are the given [rows, cols] tensors; g_idx is arange(cols); perm is undefined. Throws Error
+// when the shapes do not fit (grid tensors not [rows, cols], qmin >= qmax) or the dampened Hessian is not
+// positive definite, UsageError on bad block_size or percdamp.
+GptqResult gptq_quantize_fixed(const torch::Tensor& weight, const torch::Tensor& hessian, const FixedGrid& grid,
+                               const GptqOptions& options);
+
+// Round-to-nearest on the same fixed grid (the baseline); loss 0.
+GptqResult rtn_quantize_fixed(const torch::Tensor& weight, const FixedGrid& grid);
+
 // ||W X^T - Q X^T||^2 from S = sum X^T X (the un-normalised Hessian sum, fp32 or fp64), in double:
 // sum over rows of (w - q) S (w - q)^T.
 double reconstruction_error(const torch::Tensor& weight, const torch::Tensor& quantized, const torch::Tensor& xtx);
