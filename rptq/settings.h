@@ -37,7 +37,9 @@ struct RptqSettings {
   // with the activations quantized too (`all`: at low bits a rounding that TP's reduction order tips makes a whole
   // quantization step, and later layers may cluster otherwise).
   std::string propagate = "weights";
-  int64_t kmeans_n_init = 10;
+  // 100, not sklearn's 10: our random stream is not sklearn's, and on the golden layer the best of 10 runs lands
+  // 2-5% above sklearn's inertia at R1/R4 while the best of 100 is within 1% (test_rptq_numerics).
+  int64_t kmeans_n_init = 100;
   int64_t kmeans_max_iter = 300;
   double kmeans_tol = 1e-4;
   int64_t kmeans_seed = 0;
