@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# RPTQ's quality table: perplexity on WikiText-2 and TinyStories-val of W4A16, W4A8, W4A4, W4A4KV, W4A3KV, W3A3KV,
+# RPTQ's quality table: perplexity of W4A16, W4A8, W4A4, W4A4KV, W4A3KV, W3A3KV,
 # with the same GPTQ weights under static per-tensor activations (what RPTQ improves on) and under RPTQ's
 # per-cluster ones (one `ptq --method rptq` run per setting and text measures both), on:
-#   stories260K (../shared); a random OPT and a random LLaMA (GQA) with outlier channels planted in every norm
-#   (init-model --outliers: 4 of 128 channels 10-50x larger, as real OPT models have them); and, when given, a QAT
-#   student of stories260K (the mission's chain: QAT 4-8-4, then RPTQ + GPTQ; bench/qat_stories260k.sh makes one).
-# Calibration: 128 windows of 256 tokens of the C4 validation documents (neither evaluation text). Prints Markdown.
+#   stories260K (../shared) on WikiText-2 and TinyStories-val; a random OPT and a random LLaMA (GQA) with outlier
+#   channels planted in every norm (init-model --outliers: 4 of 128 channels 10-50x larger, as real OPT models have
+#   them), on their own samples (below); and, when given, a QAT student of stories260K (the mission's chain: QAT
+#   4-8-4, then RPTQ + GPTQ; bench/qat_stories260k.sh makes one).
+# Calibration: 128 windows of 256 tokens of the C4 validation documents (neither evaluation text). Evaluation: the
+# first 100,000 bytes of each text (the whole of both takes 15x longer on 2 cores), windows of 256. Prints Markdown.
 # usage: bench/rptq_quality.sh QFORGE SHARED_DIR WORK_DIR [RANKS] [QAT_STUDENT_DIR]
 set -euo pipefail
 QFORGE=$1
@@ -14,11 +16,13 @@ WORK=$3
 RANKS=${4:-2}
 STUDENT=${5:-}
 MPI=(mpirun --oversubscribe -np "$RANKS")
-TINY="$SHARED/data/tinystories/tinystories_val.txt"
-WIKI="$SHARED/data/wikitext-2/wiki.test.raw"
+TINY="$WORK/tinystories-100k.txt"
+WIKI="$WORK/wikitext2-100k.txt"
 SETTINGS=(W4A16 W4A8 W4A4 W4A4KV W4A3KV W3A3KV)
 mkdir -p "$WORK/out"
 cd "$WORK"
+head -c 100000 "$SHARED/data/tinystories/tinystories_val.txt" >"$TINY"
+head -c 100000 "$SHARED/data/wikitext-2/wiki.test.raw" >"$WIKI"
 
 [ -f stories/config.json ] || "$QFORGE" convert llama2c --in "$SHARED/models/stories260K/stories260K.bin" \
   --tokenizer "$SHARED/models/stories260K/tok512.bin" --out stories 2>/dev/null
@@ -37,20 +41,42 @@ fp() {  # fp MODEL TEXT -> perplexity
 rptq() {  # rptq MODEL SETTING TEXT -> "per-tensor rptq"
   local out="out/$(basename "$1")-$2-$(basename "$3")"
   [ -f "$out/ptq.json" ] || "${MPI[@]}" "$QFORGE" ptq --method rptq --model "$1" --output "$out" --setting "$2" \
-    --calib c4.txt --nsamples 128 --seq-len 256 --set eval.text="$3" --set eval.seq_len=256 >"$out.log" 2>&1
+    --calib c4.txt --nsamples 128 --seq-len 256 --set eval.text="$3" --set eval.seq_len=256 \
+    --set "rptq.compare=[per_tensor,rptq]" >"$out.log" 2>&1
   /usr/bin/python3 -c "import json,sys; p=json.load(open(sys.argv[1]))['perplexity']['by_activations']; \
-print(f\"{p['per_tensor']:.3f} {p['rptq']:.3f} {p['per_token']:.3f}\")" "$out/ptq.json"
+print(f\"{p['per_tensor']:.3f} {p['rptq']:.3f}\")" "$out/ptq.json"
 }
 
-models=(stories random-opt random-llama)
+# A random model's perplexity on real text measures nothing (the FP OPT's is about 1e7, and quantization noise
+# "improves" it): it is measured on 15,000 tokens the FP model itself sampled (temperature 1, 30 samples of 500).
+# The evaluation's windows of 256 do not start where the samples do, so the FP figure is not the model's entropy
+# and weight-only noise can still lower it (W4A16 below FP); activation quantization raises it steeply.
+own_samples() {  # own_samples MODEL -> FILE
+  local file="$(basename "$1")-samples.txt"
+  if [ ! -f "$file" ]; then
+    for seed in $(seq 1 30); do
+      "$QFORGE" generate-text --model "$1" --prompt "The" --max-new-tokens 500 --temperature 1 --seed "$seed" \
+        2>/dev/null
+    done >"$file"
+  fi
+  echo "$PWD/$file"
+}
+
+models=(random-opt random-llama stories)
 [ -n "$STUDENT" ] && models+=("$STUDENT")
-echo "| model | setting | WikiText-2 per-tensor | WikiText-2 RPTQ | TinyStories per-tensor | TinyStories RPTQ |"
-echo "|---|---|---|---|---|---|"
+echo "| model | text | setting | per-tensor | RPTQ |"
+echo "|---|---|---|---|---|"
 for model in "${models[@]}"; do
-  echo "| $(basename "$model") | FP | $(fp "$model" "$WIKI") | | $(fp "$model" "$TINY") | |"
-  for setting in "${SETTINGS[@]}"; do
-    read -r wt wr _ <<<"$(rptq "$model" "$setting" "$WIKI")"
-    read -r tt tr _ <<<"$(rptq "$model" "$setting" "$TINY")"
-    echo "| $(basename "$model") | $setting | $wt | $wr | $tt | $tr |"
+  case "$(basename "$model")" in
+    random-*) texts=("$(own_samples "$model")") ;;
+    *) texts=("$WIKI" "$TINY") ;;
+  esac
+  for text in "${texts[@]}"; do
+    name=$(basename "$text" .txt)
+    echo "| $(basename "$model") | $name | FP | $(fp "$model" "$text") | |"
+    for setting in "${SETTINGS[@]}"; do
+      read -r per_tensor rptq_ppl <<<"$(rptq "$model" "$setting" "$text")"
+      echo "| $(basename "$model") | $name | $setting | $per_tensor | $rptq_ppl |"
+    done
   done
 done

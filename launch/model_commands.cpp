@@ -90,6 +90,7 @@ int run_init_model(CommandContext& context) {
       throw UsageError("qforge init-model: OPT has no grouped-query attention: --kv-heads must equal --heads");
     c.tie_word_embeddings = true;
     c.norm_before = true;
+    c.word_embed_proj_dim = c.hidden_size;  // no project_in/out (OPT-350m's)
   }
   const int64_t outliers = integer_option(context, "outliers", 0);
   if (outliers < 0 || outliers > c.hidden_size)

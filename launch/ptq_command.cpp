@@ -79,7 +79,7 @@ int run_rptq_ptq(CommandContext& context, dist::Grid& grid, model::CausalLM& mod
     auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
     torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
     const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model.config().max_positions;
-    for (const char* mode : {"none", "per_token", "per_tensor", "rptq"}) {
+    for (const std::string& mode : r.compare) {
       rptq::use_activations(model, result.layers, r, mode);
       const eval::PerplexityResult ppl =
           eval::perplexity(model, tokens, seq_len, c.eval.batch_size, grid.dp_group());
@@ -94,11 +94,13 @@ int run_rptq_ptq(CommandContext& context, dist::Grid& grid, model::CausalLM& mod
   if (context.runtime.rank() == 0) {
     copy_tokenizer(c.model, out.string());
     print_summary(result.ptq, p, out.string());
-    if (!perplexities.empty())
-      std::printf("ptq: %s perplexity on %s: weights only %.4f, per-token %.4f, per-tensor %.4f, rptq %.4f\n",
-                  r.describe(p.wbits).c_str(), c.eval.text.c_str(), perplexities["none"].get<double>(),
-                  perplexities["per_token"].get<double>(), perplexities["per_tensor"].get<double>(),
-                  perplexities["rptq"].get<double>());
+    std::vector<std::string> figures;
+    for (const std::string& mode : r.compare)
+      if (perplexities.contains(mode))
+        figures.push_back(fmt::format("{} {:.4f}", mode, perplexities[mode].get<double>()));
+    if (!figures.empty())
+      std::printf("ptq: %s perplexity on %s by activations: %s\n", r.describe(p.wbits).c_str(), c.eval.text.c_str(),
+                  fmt::format("{}", fmt::join(figures, ", ")).c_str());
   }
   nlohmann::json json = result.ptq.to_json(p);
   json["model"] = c.model.path;

@@ -30,6 +30,13 @@ std::string RptqSettings::reorder_problem(const std::vector<std::string>& sites)
   return "";
 }
 
+std::string RptqSettings::compare_problem(const std::vector<std::string>& modes) {
+  for (const std::string& mode : modes)
+    if (mode != "none" && mode != "per_token" && mode != "per_tensor" && mode != "rptq")
+      return fmt::format("a list of none, per_token, per_tensor, rptq (got '{}')", mode);
+  return "";
+}
+
 bool RptqSettings::reorders(const std::string& site) const {
   return std::find(reorder.begin(), reorder.end(), site) != reorder.end();
 }

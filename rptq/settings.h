@@ -32,6 +32,9 @@ struct RptqSettings {
   // Activation quantizers the model is saved with: rptq (per cluster) | per_tensor (static, one range per site).
   // With eval.text set, ptq measures the other and LLM-QAT's dynamic per-token ranges on the same weights too.
   std::string activations = "rptq";
+  // The activation schemes whose perplexity ptq measures on eval.text: none (weights only), per_token (LLM-QAT's
+  // dynamic ranges), per_tensor (static), rptq.
+  std::vector<std::string> compare = {"none", "per_token", "per_tensor", "rptq"};
   // What feeds the next block: its outputs with quantized weights and full-precision activations (`weights`: the
   // statistics then differ between TP sizes only in rounding, so the quantized model does not depend on TP), or
   // with the activations quantized too (`all`: at low bits a rounding that TP's reduction order tips makes a whole
@@ -62,6 +65,7 @@ struct RptqSettings {
     v("weight_ranges", weight_ranges, config::one_of({"groups", "clusters"}));
     v("activations", activations, config::one_of({"rptq", "per_tensor"}));
     v("propagate", propagate, config::one_of({"weights", "all"}));
+    v("compare", compare, [](const std::vector<std::string>& modes) { return compare_problem(modes); });
     v("kmeans_n_init", kmeans_n_init, config::at_least(1));
     v("kmeans_max_iter", kmeans_max_iter, config::at_least(1));
     v("kmeans_tol", kmeans_tol, config::at_least(0));
@@ -76,6 +80,7 @@ struct RptqSettings {
   // "" when `text` is empty or one of the table rows, else what was expected.
   static std::string setting_problem(const std::string& text);
   static std::string reorder_problem(const std::vector<std::string>& sites);
+  static std::string compare_problem(const std::vector<std::string>& modes);
 };
 
 // The setting's bit widths: {wbits, act_bits, kv_only}. Throws UsageError naming rptq.setting.

@@ -12,6 +12,8 @@
 
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 namespace qforge::rptq {
 namespace {
 using model::CausalLM;
@@ -22,10 +24,14 @@ constexpr double kReorderAbsTol = 1e-4, kReorderRelTol = 1e-4;
 // Quantized weights on another grid: equal but where a Hessian's last bits tip a rounding (test_ptq's bound).
 constexpr double kMinEqualWeights = 0.999;
 constexpr double kSameValueRelTol = 1e-5;
-// Activation parameters: min/max of activations that TP's reduction order changes in their last bits.
+// Activation parameters of layer 0: min/max of activations that TP's reduction order changes in their last bits.
 constexpr double kParamRelTol = 1e-5;
-// Logits of the quantized model on another grid: a flipped code (above) moves them a little.
-constexpr double kQuantizedLogitsRelTol = 2e-2;
+// Later layers: a GPTQ code tipped in an earlier layer (above) moves their inputs by a fraction of a step, and
+// their ranges follow (measured up to 6e-4 at TP 4 with the reference grid); a rounded zero point may move a step.
+constexpr double kLaterParamRelTol = 2e-3;
+// Logits of the quantized model on another grid: a flipped weight code, then 4-bit activations that flip with it
+// (measured up to 3.6% at TP 4 with the reference's options).
+constexpr double kQuantizedLogitsRelTol = 6e-2;
 
 // GQA that TP 4 can split, with head_dim 8 (4 rotate-half pairs, so that R2 has an order to choose).
 model::ModelConfig llama_gqa() {
@@ -125,6 +131,15 @@ struct QuantizedModel {
   torch::Tensor logits;
 };
 
+// The reference's options: EMA calibration in global sample order, its signed grid, per-(row, cluster) weight ranges.
+RptqSettings reference_settings(const model::ModelConfig& c) {
+  RptqSettings s = small_settings(c);
+  s.calibration = "ema";
+  s.grid = "reference";
+  s.weight_ranges = "clusters";
+  return s;
+}
+
 QuantizedModel quantize(const model::ModelConfig& config, dist::Grid& grid, const torch::Tensor& sequences,
                         const torch::Tensor& ids, const RptqSettings& settings, CausalLM* keep = nullptr) {
   CausalLM local(config, grid.tp_group());
@@ -139,10 +154,14 @@ QuantizedModel quantize(const model::ModelConfig& config, dist::Grid& grid, cons
 }
 
 TEST(Rptq, EveryGridGivesTheQuantizedModelOfOneProcess) {
+  std::vector<std::tuple<std::string, model::ModelConfig, RptqSettings>> cases;
   for (const auto& [name, config] : configs()) {
+    cases.emplace_back(name, config, small_settings(config));
+    cases.emplace_back(name + " (ema, reference grid, cluster weight ranges)", config, reference_settings(config));
+  }
+  for (const auto& [name, config, settings] : cases) {
     torch::Tensor sequences = model::random_ids(6, 16, config.vocab_size, 21);
     torch::Tensor ids = model::random_ids(2, 16, config.vocab_size, 22);
-    const RptqSettings settings = small_settings(config);
     // One process: the reference (every rank computes it alone).
     CausalLM reference_model(config, runtime().self());
     model::init_random(reference_model, 9, 0.2);
@@ -162,9 +181,10 @@ TEST(Rptq, EveryGridGivesTheQuantizedModelOfOneProcess) {
           const SiteQuantizer& theirs = expected.layers[layer].rptq.sites[s];
           ASSERT_EQ(mine.bits, theirs.bits);
           if (mine.bits == 16) continue;
-          model::expect_close(mine.params.scale, theirs.params.scale, 0, kParamRelTol,
+          model::expect_close(mine.params.scale, theirs.params.scale, 0, layer == 0 ? kParamRelTol : kLaterParamRelTol,
                               fmt::format("{}: layer {} site {} scale", where, layer, s));
-          EXPECT_TRUE(torch::equal(mine.params.zero, theirs.params.zero)) << where << " layer " << layer;
+          const double zero_steps = (mine.params.zero - theirs.params.zero).abs().max().item<double>();
+          EXPECT_LE(zero_steps, layer == 0 ? 0.0 : 1.0) << where << " layer " << layer << " site " << s;
         }
       }
       double fewest_equal = 1;
@@ -183,6 +203,32 @@ TEST(Rptq, EveryGridGivesTheQuantizedModelOfOneProcess) {
                     expected_logits.abs().max().item<double>());
     }
   }
+}
+
+// rptq.weight_ranges clusters: every weight row takes at most 2^bits values per input cluster (its own grid), on
+// the reference's signed grid: codes (w / scale + zero) integers in [-8, 7] for the cluster's (min, max).
+TEST(Rptq, ClusterWeightRangesGiveEachRowAndInputClusterItsGrid) {
+  const model::ModelConfig config = model::opt(false);
+  dist::Grid grid(runtime(), model::tp_sizes().back());
+  CausalLM model(config, grid.tp_group());
+  const RptqSettings settings = reference_settings(config);
+  const QuantizedModel q = quantize(config, grid, model::random_ids(4, 16, config.vocab_size, 41),
+                                    model::random_ids(1, 8, config.vocab_size, 42), settings, &model);
+  const LayerReorder& reorder = q.result.layers[0].reorder;
+  const torch::Tensor w = q.weights.at("model.decoder.layers.0.fc1.weight");  // columns: R4's clusters
+  const torch::Tensor labels = reorder.labels[kR4][0];
+  int64_t most = 0;
+  for (int64_t cluster = 0; cluster < reorder.clusters[kR4]; ++cluster) {
+    const torch::Tensor columns = (labels == cluster).nonzero().flatten();
+    ASSERT_GT(columns.numel(), 0);
+    for (int64_t row = 0; row < w.size(0); ++row)
+      most = std::max(most, std::get<0>(torch::_unique(w[row].index_select(0, columns))).numel());
+  }
+  EXPECT_LE(most, 16) << "a row holds more than 2^4 values in one input cluster";
+  EXPECT_GT(most, 1);
+  if (runtime().rank() == 0)
+    std::printf("fc1 of layer 0, %s: at most %lld distinct values per (row, input cluster), 4 bits\n",
+                grid.describe().c_str(), static_cast<long long>(most));
 }
 
 TEST(Rptq, TheSavedCheckpointReloadsWithItsReordersAndQuantizers) {

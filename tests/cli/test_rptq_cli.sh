@@ -25,13 +25,12 @@ rptq() {  # rptq RANKS OUTDIR [options...]
   "${MPI[@]}" -np "$ranks" "$QFORGE" ptq --method rptq --model "$work/stories" --output "$out" --calib "$text" \
     --nsamples 32 --seq-len 256 --set runtime.threads=1 --set log.progress_interval_s=0 "$@"
 }
-ppl_of() { sed -n "s/.*perplexity on .*$1 \([0-9.]*\).*/\1/p" "$work/out" | head -1; }
 
 # 1. W4A4 on one process: the checkpoint, and the perplexity of the same weights under each activation scheme.
 run "$work/out" "$work/err" -- rptq 1 "$work/one" --setting W4A4 --set eval.text="$work/eval.txt" \
   --set eval.seq_len=256
 rptq_ppl=$(sed -n 's/.*rptq \([0-9.]*\)$/\1/p' "$work/out")
-tensor_ppl=$(sed -n 's/.*per-tensor \([0-9.]*\), rptq.*/\1/p' "$work/out")
+tensor_ppl=$(sed -n 's/.*per_tensor \([0-9.]*\), rptq.*/\1/p' "$work/out")
 [ $code -eq 0 ] && [ -f "$work/one/model.safetensors" ] && [ -f "$work/one/rptq.safetensors" ] \
   && grep -q '"quant_method": "rptq"' "$work/one/config.json" && [ -f "$work/one/tokenizer.bin" ] \
   && /usr/bin/python3 -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(not a < b)" "$rptq_ppl" "$tensor_ppl"
@@ -73,6 +72,7 @@ bad "R2 over 4 rotate-half pairs" "rptq.r2_clusters = 5 .* 4 rotate-half pairs" 
 bad "act_bits 9" "rptq.act_bits" --set rptq.act_bits=9
 bad "act_bits 1" "rptq.act_bits" --set rptq.act_bits=1
 bad "reorder R6" "rptq.reorder" --set "rptq.reorder=[R1,R6]"
+bad "compare fp" "rptq.compare" --set "rptq.compare=[fp]"
 bad "save gptq" "ptq.save=fake" --set ptq.save=gptq
 bad "rptq without calibration" "needs calibration" --calib ""
 
