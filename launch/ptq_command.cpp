@@ -68,6 +68,13 @@ void print_summary(const quant::PtqReport& report, const quant::PtqSettings& set
 int run_rptq_ptq(CommandContext& context, dist::Grid& grid, model::CausalLM& model) {
   const QforgeConfig& c = context.config;
   auto [p, r] = rptq::resolve_settings(c.ptq, c.rptq, model.config());
+  if (p.save != "fake") {
+    quant::check_gptq_bits(p.wbits, r.setting.empty() ? "ptq.wbits" : "rptq.setting",
+                           "set ptq.save=fake to write only the fake-quantized model");
+    if (r.weight_ranges == "clusters")
+      throw UsageError("rptq.weight_ranges clusters (a range per row and input cluster) has no GPTQ checkpoint "
+                       "layout: set ptq.save=fake");
+  }
   auto [sequences, source] = calibration_sequences(c, model.config());
   torch::Tensor local = quant::dp_share(sequences, grid.dp_group());
   log::info("ptq: rptq {}, weights {} on {} sequences of {} tokens from {}; {}", r.describe(p.wbits), p.describe(),
@@ -90,9 +97,19 @@ int run_rptq_ptq(CommandContext& context, dist::Grid& grid, model::CausalLM& mod
     rptq::use_activations(model, result.layers, r, r.activations);
   }
   const fs::path out = c.output.dir;
-  rptq::save_rptq(model, result.layers, p, r, out.string(), grid.dp_rank() == 0, c.output.max_shard_bytes());
+  const bool writer = grid.dp_rank() == 0, fake = p.save != "gptq", packed = p.save != "fake";
+  std::vector<std::string> saved;
+  if (fake) {
+    rptq::save_rptq(model, result.layers, p, r, out.string(), writer, c.output.max_shard_bytes());
+    saved.push_back(out.string());
+  }
+  if (packed) {  // both: OUT/gptq beside the fake-quantized OUT, as plain ptq
+    const std::string dir = fake ? (out / "gptq").string() : out.string();
+    rptq::save_rptq(model, result.layers, p, r, dir, writer, c.output.max_shard_bytes(), &result.ptq.quantized);
+    saved.push_back(dir);
+  }
   if (context.runtime.rank() == 0) {
-    copy_tokenizer(c.model, out.string());
+    for (const std::string& dir : saved) copy_tokenizer(c.model, dir);
     print_summary(result.ptq, p, out.string());
     std::vector<std::string> figures;
     for (const std::string& mode : r.compare)
@@ -131,9 +148,6 @@ int run_ptq(CommandContext& context) {
   if (p.uses_gptq() && !calibrated)
     throw UsageError(fmt::format("ptq.method {} needs calibration data: set --calib TEXT or --calib-corpus FILE.h5",
                                  p.method));
-  if (p.method == "rptq" && p.save == "gptq")
-    throw UsageError("ptq.method rptq writes RPTQ's checkpoint (docs/rptq.md), which the GPTQ format cannot hold: "
-                     "set ptq.save=fake (or both)");
   dist::Grid grid(context.runtime, c.parallel.tp);
   auto model = load_model(context, grid);
   if (p.method == "rptq") return run_rptq_ptq(context, grid, *model);

@@ -112,7 +112,8 @@ void check_gptq_bits(int bits, const std::string& key, const std::string& hint) 
 }
 
 GptqExportReport export_gptq(model::CausalLM& model, const GptqExport& quantized, const std::string& dir, bool write,
-                             int64_t max_shard_bytes) {
+                             int64_t max_shard_bytes,
+                             const std::function<nlohmann::json(const nlohmann::json&)>& quantization_config) {
   GptqExportReport report;
   if (!write) return report;
   const int bits = quantized.config.bits;
@@ -202,7 +203,7 @@ GptqExportReport export_gptq(model::CausalLM& model, const GptqExport& quantized
   const nlohmann::json quantization = config_json(config, model, packed_modules);
   nlohmann::json model_json = model.config().to_json();
   model_json["torch_dtype"] = "float16";
-  model_json["quantization_config"] = quantization;
+  model_json["quantization_config"] = quantization_config ? quantization_config(quantization) : quantization;
   const std::string quantize_config = quantization.dump(2) + "\n", config_text = model_json.dump(2) + "\n";
   write_file_atomically((fs::path(dir) / "quantize_config.json").string(), quantize_config);
   write_file_atomically((fs::path(dir) / "config.json").string(), config_text);

@@ -15,6 +15,7 @@
 #include "quant/gptq_format.h"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -48,8 +49,11 @@ void check_gptq_bits(int bits, const std::string& key, const std::string& hint =
 // e.g. DP rank 0): writes `dir` (config.json, quantize_config.json, the safetensors, sharded above max_shard_bytes
 // when > 0). checkpoint_format: "gptq" (v1) when no zero point is 0, else "gptq_v2". Throws qforge::Error naming the
 // layer for a weight off its grid or a scale fp16 cannot hold.
+// `quantization_config`, when given, makes config.json's quantization_config from the GPTQ one (a method that
+// stores its weights in this format inside its own, e.g. RPTQ's); quantize_config.json keeps the GPTQ one.
 GptqExportReport export_gptq(model::CausalLM& model, const GptqExport& quantized, const std::string& dir, bool write,
-                             int64_t max_shard_bytes = 0);
+                             int64_t max_shard_bytes = 0,
+                             const std::function<nlohmann::json(const nlohmann::json&)>& quantization_config = {});
 
 // Registers the reader of quant_method "gptq" with load_pretrained (model/quantized_checkpoint.h): 2, 3, 4 and
 // 8 bits, v1 and v2 zeros, trivial and act-order g_idx (with desc_act false the groups are i / group_size, as the

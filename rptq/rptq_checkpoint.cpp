@@ -43,10 +43,14 @@ std::vector<std::pair<std::string, torch::Tensor>> rptq_tensors(model::CausalLM&
 
 class RptqReader : public model::QuantizedWeightReader {
  public:
-  RptqReader(nlohmann::json config, std::string config_path, std::string dir)
-      : config_(std::move(config)), config_path_(std::move(config_path)), dir_(std::move(dir)) {}
+  RptqReader(nlohmann::json config, std::string config_path, const io::Checkpoint& checkpoint)
+      : config_(std::move(config)), config_path_(std::move(config_path)), dir_(checkpoint.dir()) {
+    auto gptq = config_.find("gptq");  // weights in the GPTQ format: its reader loads them
+    if (gptq != config_.end()) weights_ = model::make_quantized_reader(*gptq, config_path_, checkpoint);
+  }
 
-  bool load(const model::WeightEntry&) const override { return false; }  // the weights are ordinary tensors
+  // Fake-quantized weights are ordinary tensors; packed ones are the GPTQ reader's.
+  bool load(const model::WeightEntry& e) const override { return weights_ && weights_->load(e); }
 
   void finish(model::CausalLM& model) const override {
     const std::string path = (fs::path(dir_) / kRptqFile).string();
@@ -125,6 +129,7 @@ class RptqReader : public model::QuantizedWeightReader {
 
   nlohmann::json config_;
   std::string config_path_, dir_;
+  std::unique_ptr<model::QuantizedWeightReader> weights_;
 };
 
 }  // namespace
@@ -151,18 +156,29 @@ nlohmann::json rptq_quantization_config(const quant::PtqSettings& ptq, const Rpt
 }
 
 void save_rptq(model::CausalLM& model, const std::vector<RptqLayer>& layers, const quant::PtqSettings& ptq,
-               const RptqSettings& settings, const std::string& dir, bool write, int64_t max_shard_bytes) {
+               const RptqSettings& settings, const std::string& dir, bool write, int64_t max_shard_bytes,
+               const quant::GptqExport* packed) {
   if (write && model.tp().rank() == 0)
     io::save_safetensors_file((fs::path(dir) / kRptqFile).string(), rptq_tensors(model, layers, settings.activations),
                               {{"format", "pt"}});
-  model::save_pretrained(model, dir, write, max_shard_bytes,
-                         {{"quantization_config", rptq_quantization_config(ptq, settings, model)}});
+  nlohmann::json config = rptq_quantization_config(ptq, settings, model);
+  config["weights_format"] = packed ? "gptq" : "fake";
+  if (!packed) {
+    model::save_pretrained(model, dir, write, max_shard_bytes, {{"quantization_config", config}});
+    return;
+  }
+  quant::export_gptq(model, *packed, dir, write, max_shard_bytes, [&](const nlohmann::json& gptq) {
+    nlohmann::json wrapped = config;
+    wrapped["gptq"] = gptq;
+    return wrapped;
+  });
 }
 
 void register_rptq_reader() {
+  quant::register_gptq_reader();  // packed weights inside RPTQ's checkpoint are the GPTQ reader's
   model::register_quantized_format(
       "rptq", [](const nlohmann::json& json, const std::string& config_path, const io::Checkpoint& checkpoint) {
-        return std::make_unique<RptqReader>(json, config_path, checkpoint.dir());
+        return std::make_unique<RptqReader>(json, config_path, checkpoint);
       });
 }
 

@@ -32,6 +32,8 @@ constexpr double kLaterParamRelTol = 2e-3;
 // Logits of the quantized model on another grid: a flipped weight code, then 4-bit activations that flip with it
 // (measured up to 3.6% at TP 4 with the reference's options).
 constexpr double kQuantizedLogitsRelTol = 6e-2;
+// GPTQ-format checkpoints hold every tensor in fp16 (a relative 5e-4 each), through a few layers.
+constexpr double kPackedLogitsRelTol = 1e-2;
 
 // GQA that TP 4 can split, with head_dim 8 (4 rotate-half pairs, so that R2 has an order to choose).
 model::ModelConfig llama_gqa() {
@@ -251,11 +253,24 @@ TEST(Rptq, TheSavedCheckpointReloadsWithItsReordersAndQuantizers) {
     const torch::Tensor reloaded = full_logits(*loaded, ids);
     EXPECT_TRUE(torch::equal(reloaded, q.logits)) << name << ": reloaded logits differ by "
                                                   << (reloaded - q.logits).abs().max().item<double>();
+    // The weights in the GPTQ format inside RPTQ's checkpoint (every other tensor fp16, as the format stores them):
+    // with the activations in full precision, the same model up to fp16 rounding.
+    save_rptq(model, q.result.layers, weight_settings(), settings, dir / "packed", grid.dp_rank() == 0, 0,
+              &q.result.ptq.quantized);
+    runtime().world().barrier();
+    auto unpacked = model::load_pretrained(dir / "packed", grid.tp_group());
+    EXPECT_TRUE(unpacked->layers[0]->attention_norm->output_index.defined()) << name;
+    use_activations(*unpacked, {}, settings, "none");
+    const torch::Tensor from_packed = full_logits(*unpacked, ids);
+    model::expect_close(from_packed, weights_only, 0, kPackedLogitsRelTol,
+                        name + ": weight-only logits from the GPTQ-packed weights");
     // The activation quantizers are part of what was saved: without them the logits differ.
     EXPECT_GT((weights_only - q.logits).abs().max().item<double>(), 1e-3) << name;
     if (runtime().rank() == 0)
-      std::printf("%s, %s: reloaded logits equal; activation quantizers move them by %.3g\n", name.c_str(),
-                  grid.describe().c_str(), (weights_only - q.logits).abs().max().item<double>());
+      std::printf("%s, %s: reloaded logits equal; weight-only ones from GPTQ-packed weights within %.3g; activation "
+                  "quantizers move them by %.3g\n", name.c_str(), grid.describe().c_str(),
+                  (from_packed - weights_only).abs().max().item<double>(),
+                  (weights_only - q.logits).abs().max().item<double>());
   }
 }
 

@@ -43,6 +43,13 @@ std::unique_ptr<QuantizedWeightReader> quantized_weight_reader(const std::string
   }
   const auto it = config.find("quantization_config");
   if (it == config.end() || it->is_null()) return nullptr;
+  return make_quantized_reader(*it, config_path, checkpoint);
+}
+
+std::unique_ptr<QuantizedWeightReader> make_quantized_reader(const nlohmann::json& quantization_config,
+                                                             const std::string& config_path,
+                                                             const io::Checkpoint& checkpoint) {
+  const nlohmann::json* it = &quantization_config;
   const auto method = it->find("quant_method");
   if (method == it->end() || !method->is_string())
     throw Error(fmt::format("{}: quantization_config has no string \"quant_method\"; expected e.g. \"gptq\"",

@@ -43,5 +43,9 @@ std::vector<std::string> registered_quantized_formats();  // sorted
 // quantization_config. Throws qforge::Error naming the file when quant_method is missing or not registered.
 std::unique_ptr<QuantizedWeightReader> quantized_weight_reader(const std::string& config_path,
                                                                const io::Checkpoint& checkpoint);
+// The reader of one quantization_config object (e.g. a format nested in another's); errors as above.
+std::unique_ptr<QuantizedWeightReader> make_quantized_reader(const nlohmann::json& quantization_config,
+                                                             const std::string& config_path,
+                                                             const io::Checkpoint& checkpoint);
 
 }  // namespace qforge::model
