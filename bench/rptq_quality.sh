@@ -4,7 +4,8 @@
 # per-cluster ones (one `ptq --method rptq` run per setting and text measures both), on:
 #   stories260K (../shared) on WikiText-2 and TinyStories-val; a random OPT and a random LLaMA (GQA) with outlier
 #   channels planted in every norm (init-model --outliers: 4 of 128 channels 10-50x larger, as real OPT models have
-#   them), on their own samples (below); and, when given, a QAT student of stories260K (the mission's chain: QAT
+#   them; --std 0.15: with init-model's default 0.3 a random model's perplexity on its own samples exceeds the
+#   vocabulary's 259, chaos that no quantizer's error predicts), on their own samples (below); and, when given, a QAT student of stories260K (the mission's chain: QAT
 #   4-8-4, then RPTQ + GPTQ; bench/qat_stories260k.sh makes one).
 # Calibration (trained models): 128 windows of 256 tokens of the C4 validation documents (neither evaluation text).
 # Evaluation: the
@@ -28,9 +29,9 @@ head -c 100000 "$SHARED/data/wikitext-2/wiki.test.raw" >"$WIKI"
 [ -f stories/config.json ] || "$QFORGE" convert llama2c --in "$SHARED/models/stories260K/stories260K.bin" \
   --tokenizer "$SHARED/models/stories260K/tok512.bin" --out stories 2>/dev/null
 [ -f random-opt/config.json ] || "$QFORGE" init-model --family opt --out random-opt --hidden 128 --layers 4 \
-  --heads 8 --intermediate 512 --outliers 4 --seed 1 2>/dev/null
+  --heads 8 --intermediate 512 --outliers 4 --seed 1 --std 0.15 2>/dev/null
 [ -f random-llama/config.json ] || "$QFORGE" init-model --out random-llama --hidden 128 --layers 4 --heads 8 \
-  --kv-heads 2 --intermediate 352 --outliers 4 --seed 2 2>/dev/null
+  --kv-heads 2 --intermediate 352 --outliers 4 --seed 2 --std 0.15 2>/dev/null
 [ -f c4.txt ] || /usr/bin/python3 -c \
   "import json,sys; print('\n\n'.join(json.loads(l)['text'] for l in open(sys.argv[1])))" \
   "$SHARED/data/c4/c4_validation_2k.jsonl" >c4.txt

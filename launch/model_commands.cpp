@@ -92,6 +92,18 @@ int run_init_model(CommandContext& context) {
     c.norm_before = true;
     c.word_embed_proj_dim = c.hidden_size;  // no project_in/out (OPT-350m's)
   }
+  double weight_std = 0.3;
+  if (context.line.options.count("std")) {
+    const std::string& text = context.line.options.at("std");
+    std::size_t used = 0;
+    try {
+      weight_std = std::stod(text, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != text.size() || !(weight_std > 0 && weight_std <= 10))
+      throw UsageError(fmt::format("qforge init-model: --std must be a number in (0, 10], got '{}'", text));
+  }
   const int64_t outliers = integer_option(context, "outliers", 0);
   if (outliers < 0 || outliers > c.hidden_size)
     throw UsageError(fmt::format("qforge init-model: --outliers must be in 0..{} (the hidden size)", c.hidden_size));
@@ -106,8 +118,9 @@ int run_init_model(CommandContext& context) {
                                  ">= {} (the byte tokenizer's)", tok::kByteTokenizerVocab));
   if (context.runtime.rank() == 0) {
     model::CausalLM model(c, context.runtime.self());
-    // std 0.3: logits spread enough that the teacher prefers some continuations, so quantization has a cost.
-    model::init_random(model, static_cast<uint64_t>(integer_option(context, "seed", 0)), /*std=*/0.3);
+    // std 0.3 by default: logits spread enough that the teacher prefers some continuations, so quantization has a
+    // cost.
+    model::init_random(model, static_cast<uint64_t>(integer_option(context, "seed", 0)), weight_std);
     plant_outliers(model, outliers, static_cast<uint64_t>(integer_option(context, "seed", 0)));
     if (dtype != torch::kFloat) model.to(dtype);
     model::save_pretrained(model, out, /*write=*/true, context.config.output.max_shard_bytes());
@@ -228,7 +241,8 @@ std::vector<Command> model_commands() {
          {"vocab", true, "vocabulary (the byte tokenizer's 259; more: rows no token reaches)"},
          {"dtype", true, "float32 (default), bfloat16 or float16: the stored dtype"},
          {"family", true, "llama (default) or opt (pre-norm, tied embeddings)"},
-         {"outliers", true, "channels per norm scaled 10-50x, as real models' outlier channels (0)"}}},
+         {"outliers", true, "channels per norm scaled 10-50x, as real models' outlier channels (0)"},
+         {"std", true, "standard deviation of the random weights (0.3)"}}},
        run_init_model},
       {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N] [--quant W-A-KV]",
         {model_option, tokenizer_option, {"text", true, "text file", "eval.text"}, {"seq-len", true, "window length", "eval.seq_len"},
