@@ -5,11 +5,12 @@
 #   stories260K (../shared) on WikiText-2 and TinyStories-val; a random OPT and a random LLaMA (GQA) with outlier
 #   channels planted in every norm (init-model --outliers: 4 of 128 channels 10-50x larger, as real OPT models have
 #   them; --std 0.15: with init-model's default 0.3 a random model's perplexity on its own samples exceeds the
-#   vocabulary's 259, chaos that no quantizer's error predicts), on their own samples (below); and, when given, a QAT student of stories260K (the mission's chain: QAT
-#   4-8-4, then RPTQ + GPTQ; bench/qat_stories260k.sh makes one).
+#   vocabulary's 259, chaos that no quantizer's error predicts), on their own samples (below); and, when given, a
+#   QAT student of stories260K (the mission's chain: QAT 4-8-4, then RPTQ + GPTQ; bench/qat_stories260k.sh makes
+#   one).
 # Calibration (trained models): 128 windows of 256 tokens of the C4 validation documents (neither evaluation text).
-# Evaluation: the
-# first 100,000 bytes of each text (the whole of both takes 15x longer on 2 cores), windows of 256. Prints Markdown.
+# Evaluation: the first 100,000 bytes of each text (the whole of both takes 15x longer on 2 cores), windows of 256.
+# Prints Markdown.
 # usage: bench/rptq_quality.sh QFORGE SHARED_DIR WORK_DIR [RANKS] [QAT_STUDENT_DIR]
 set -euo pipefail
 QFORGE=$1

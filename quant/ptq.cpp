@@ -253,8 +253,8 @@ PtqReport run_ptq(model::CausalLM& model, const torch::Tensor& sequences, const 
   report.sequences = sequence_count.item<int64_t>();
   report.seq_len = calibrated ? sequences.size(1) : 0;
   if (settings.uses_gptq() && report.sequences == 0)
-    throw UsageError("ptq.method " + settings.method + " needs calibration sequences: set ptq.calib (--calib) or ptq.calib_corpus "
-                     "(--calib-corpus)");
+    throw UsageError("ptq.method " + settings.method +
+                     " needs calibration sequences: set ptq.calib (--calib) or ptq.calib_corpus (--calib-corpus)");
 
   Activations activations;
   if (calibrated) {

@@ -24,10 +24,9 @@ torch::Tensor input_bounds(const model::LinearSite& site, const LayerReorder& re
     case model::LinearInput::kAttentionOut: {  // per q head, its kv head's clusters
       const int64_t group = c.num_heads / c.num_kv_heads, d = c.head_dim();
       std::vector<torch::Tensor> parts = {torch::zeros({1}, torch::kLong)};
-      for (int64_t h = 0; h < c.num_heads; ++h)
-        parts.push_back(bounds_of_labels(reorder.labels[kR3][h / group], reorder.clusters[kR3]).narrow(0, 1,
-                                                                                                      reorder.clusters[kR3]) +
-                        h * d);
+      const int64_t clusters = reorder.clusters[kR3];
+      for (int64_t h = 0; h < c.num_heads; ++h)  // each head's bounds but its leading 0, offset to its columns
+        parts.push_back(bounds_of_labels(reorder.labels[kR3][h / group], clusters).narrow(0, 1, clusters) + h * d);
       return torch::cat(parts);
     }
   }

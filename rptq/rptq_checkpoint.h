@@ -1,7 +1,8 @@
 // RPTQ's checkpoint (docs/rptq.md): a Hugging Face checkpoint of the reordered weights, fake-quantized or in the
-// GPTQ checkpoint format, whose config.json carries quantization_config {"quant_method": "rptq", ...}, and beside it `rptq.safetensors`
-// with, per decoder layer, the norms' output orders, the RoPE pair orders (LLaMA) and the static activation
-// quantizers' per-channel scale and zero point. `qforge eval ppl --model DIR` runs it with those quantizers.
+// GPTQ checkpoint format, whose config.json carries quantization_config {"quant_method": "rptq", ...}, and beside
+// it `rptq.safetensors` with, per decoder layer, the norms' output orders, the RoPE pair orders (LLaMA) and the
+// static activation quantizers' per-channel scale and zero point. `qforge eval ppl --model DIR` runs it with those
+// quantizers.
 #pragma once
 
 #include "quant/gptq_checkpoint.h"

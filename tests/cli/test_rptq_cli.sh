@@ -94,7 +94,8 @@ bad "rptq without calibration" "needs calibration" --calib ""
 cp -r "$work/one" "$work/damaged"
 rm "$work/damaged/rptq.safetensors"
 run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/damaged" --text "$work/eval.txt" --seq-len 256
-[ $code -ne 0 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] && grep -q "rptq.safetensors.*missing" "$work/err"
+[ $code -ne 0 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] \
+  && grep -q "rptq.safetensors.*missing" "$work/err"
 check "a missing rptq.safetensors: one error naming it" $? || show
 /usr/bin/python3 "$reference/compare_rptq.py" --swap-first-index "$work/one/rptq.safetensors" \
   "$work/damaged/rptq.safetensors"
