@@ -1,6 +1,7 @@
 #include "quant/gptq.h"
 
 #include "framework/common/error.h"
+#include "quant/gptq_format.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -111,8 +112,7 @@ int64_t group_count(int64_t cols, int64_t group_size) {
 
 // g_idx in natural order: column i belongs to group i / group_size.
 torch::Tensor natural_g_idx(int64_t cols, int64_t group_size) {
-  if (group_size == -1) return torch::zeros({cols}, torch::kInt32);
-  return torch::arange(cols, torch::kInt32).div(group_size, "floor");
+  return natural_gptq_groups(0, cols, group_size).to(torch::kInt32);
 }
 
 // The reference's column loop, shared by both entry points: blocks of `block_size` columns of the fp32

@@ -68,10 +68,7 @@ torch::Tensor codes_of(const model::WeightEntry& e, const QuantizedLinear& q, in
 }
 
 bool trivial_groups(const torch::Tensor& g_idx, int64_t group_size) {
-  const int64_t in = g_idx.size(0);
-  const torch::Tensor expected =
-      group_size < 0 ? torch::zeros({in}, torch::kLong) : torch::arange(in, torch::kLong).div(group_size, "floor");
-  return torch::equal(g_idx.to(torch::kLong), expected);
+  return torch::equal(g_idx.to(torch::kLong), natural_gptq_groups(0, g_idx.size(0), group_size));
 }
 
 std::string regex_escaped(const std::string& text) {
@@ -269,9 +266,7 @@ class GptqReader : public model::QuantizedWeightReader {
 
   // The groups of inputs [c, c + count): stored g_idx with desc_act, else i / group_size as the loaders assume.
   torch::Tensor groups_of(const std::string& module, int64_t c, int64_t count, int64_t groups) const {
-    if (!config_.desc_act)
-      return config_.group_size < 0 ? torch::zeros({count}, torch::kInt)
-                                    : torch::arange(c, c + count, torch::kLong).div(config_.group_size, "floor");
+    if (!config_.desc_act) return natural_gptq_groups(c, count, config_.group_size);
     torch::Tensor g_idx = checkpoint_.read(module + ".g_idx", torch::kInt, 0, c, count);
     const int64_t low = g_idx.min().item<int64_t>(), high = g_idx.max().item<int64_t>();
     if (low < 0 || high >= groups)

@@ -190,9 +190,9 @@ torch::Tensor dequantize_gptq_rows(const GptqPacked& packed, int bits, GptqCheck
                                    int64_t rows, const std::string& layer) {
   check_gptq_packed(packed, bits, layer);
   check_slice(row_start, rows, packed.scales.size(1), "rows (output features)", layer);
-  const torch::Tensor q = unpack_rows(packed.qweight.narrow(1, row_start, rows), bits);
-  return dequantize_part(q, zeros_of(packed, bits, format, row_start, rows),
-                         packed.scales.narrow(1, row_start, rows), packed.g_idx);
+  return dequantize_gptq_block(packed.qweight.narrow(1, row_start, rows), packed.qzeros,
+                               packed.scales.narrow(1, row_start, rows), packed.g_idx, bits, format, row_start, 0,
+                               layer);
 }
 
 torch::Tensor dequantize_gptq_columns(const GptqPacked& packed, int bits, GptqCheckpointFormat format,
@@ -201,10 +201,13 @@ torch::Tensor dequantize_gptq_columns(const GptqPacked& packed, int bits, GptqCh
   check_slice(col_start, cols, packed.g_idx.size(0), "columns (input features)", layer);
   const int64_t n = run_values(bits), w = run_words(bits);
   const int64_t first = col_start / n, last = (col_start + cols + n - 1) / n;  // covering runs of qweight rows
-  const torch::Tensor q =
-      unpack_rows(packed.qweight.narrow(0, first * w, (last - first) * w), bits).narrow(0, col_start - first * n, cols);
-  return dequantize_part(q, zeros_of(packed, bits, format, 0, packed.scales.size(1)), packed.scales,
-                         packed.g_idx.narrow(0, col_start, cols));
+  return dequantize_gptq_block(packed.qweight.narrow(0, first * w, (last - first) * w), packed.qzeros, packed.scales,
+                               packed.g_idx.narrow(0, col_start, cols), bits, format, 0, col_start, layer);
+}
+
+torch::Tensor natural_gptq_groups(int64_t start, int64_t count, int64_t group_size) {
+  if (group_size < 0) return torch::zeros({count}, torch::kLong);
+  return torch::arange(start, start + count, torch::kLong).div(group_size, "floor");
 }
 
 int64_t gptq_run_values(int bits) { return run_values(bits); }

@@ -72,6 +72,10 @@ torch::Tensor dequantize_gptq_rows(const GptqPacked& packed, int bits, GptqCheck
 torch::Tensor dequantize_gptq_columns(const GptqPacked& packed, int bits, GptqCheckpointFormat format,
                                       int64_t col_start, int64_t cols, const std::string& layer);
 
+// The groups GPTQ's loaders assume without act-order for inputs [start, start + count): i / group_size, or 0 for
+// group_size -1 (one group per row); int64.
+torch::Tensor natural_gptq_groups(int64_t start, int64_t count, int64_t group_size);
+
 // Packed runs along a packed dimension: gptq_run_values(bits) values fill gptq_run_words(bits) whole words
 // (3 bits: 32 values in 3 words; 4 bits: 8 in 1).
 int64_t gptq_run_values(int bits);

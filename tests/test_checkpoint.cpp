@@ -1,6 +1,6 @@
 // Hugging Face checkpoints through the tensor-parallel model: save under one TP size and load under another,
-// errors for checkpoints that disagree with config.json, peak memory of loading a TP shard, and the real
-// stories260K model imported from llama2.c.
+// errors for checkpoints that disagree with config.json, and the real stories260K model imported from llama2.c.
+// (Peak memory of saving and loading a TP shard: test_checkpoint_memory.)
 #include "framework/common/error.h"
 #include "framework/dist/runtime.h"
 #include "framework/eval/perplexity.h"
@@ -13,7 +13,6 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
-#include <malloc.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -25,9 +24,6 @@ namespace fs = std::filesystem;
 
 constexpr double kLogitAbsTol = 2e-5;
 constexpr double kLogitRelTol = 1e-4;
-// Loading reads straight into the parameters: besides them one 8 MB chunk of mapped pages, allocator overhead,
-// and (measured: 12 MB on 1 rank, 31-35 MB on 2-4 ranks) what the process maps beside, MPI's shared memory.
-constexpr double kLoadSlackMb = 48.0;
 
 ModelConfig small_llama() { return llama(8, 4, /*tied=*/false); }
 
@@ -109,56 +105,6 @@ TEST_F(BadCheckpoint, ConfigJsonErrorsNameTheKey) {
             std::string::npos);
   EXPECT_NE(load_error([](nlohmann::json& c) { c["num_attention_heads"] = 5; }).find("hidden_size 32 is not a multiple of num_attention_heads 5"),
             std::string::npos);
-}
-
-int64_t status_kib(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(field, 0) == 0) return std::stoll(line.substr(std::strlen(field)));
-  return -1;
-}
-
-// A rank loading its TP shard of a 240 MB model: peak resident memory grows by about the shard, not the model.
-TEST(Checkpoint, PeakMemoryOfLoadingATpShardFallsWithTp) {
-  SharedDir dir("peak");
-  ModelConfig config;
-  config.vocab_size = 32000;
-  config.hidden_size = 512;
-  config.intermediate_size = 1536;
-  config.num_layers = 8;
-  config.num_heads = 8;
-  config.num_kv_heads = 8;
-  config.max_positions = 256;
-  int64_t model_bytes = 0;
-  if (runtime().rank() == 0) {
-    CausalLM full(config, runtime().self());
-    init_random(full, 5);
-    for (const auto& e : full.weights().entries()) model_bytes += e.param.numel() * 4;
-    save_pretrained(full, dir / "big", true);
-  }
-  torch::Tensor bytes = torch::tensor({model_bytes});
-  runtime().world().broadcast(bytes, 0);
-  model_bytes = bytes.item<int64_t>();
-  ASSERT_GE(model_bytes, 200LL << 20);
-
-  const int tp = runtime().size();
-  dist::Grid grid(runtime(), tp);
-  ::malloc_trim(0);  // give rank 0's freed full model back to the system before measuring
-  { std::ofstream("/proc/self/clear_refs") << "5"; }  // resets VmHWM to the current RSS
-  const int64_t before = status_kib("VmRSS:");
-  auto model = load_pretrained(dir / "big", grid.tp_group());
-  const int64_t peak = status_kib("VmHWM:");
-  int64_t shard_bytes = 0;
-  for (const auto& e : model->weights().entries()) shard_bytes += e.param.numel() * 4;
-  const double increase_mb = (peak - before) / 1024.0;
-  torch::Tensor worst = torch::tensor({increase_mb}, torch::kDouble);
-  runtime().world().all_reduce(worst, dist::ReduceOp::kMax);
-  if (runtime().rank() == 0)
-    std::printf("model load TP=%d: model %.1f MB, shard %.1f MB, peak RSS increase %.1f MB (worst rank)\n", tp,
-                model_bytes / 1048576.0, shard_bytes / 1048576.0, worst.item<double>());
-  EXPECT_LE(increase_mb, shard_bytes / 1048576.0 + kLoadSlackMb);
-  EXPECT_GE(increase_mb, shard_bytes / 1048576.0 * 0.9);  // the parameters themselves are resident
 }
 
 // ---- stories260K (../shared) ---------------------------------------------------------------------------------

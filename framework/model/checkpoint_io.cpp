@@ -59,14 +59,15 @@ class DefaultDtype {
 std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communicator& tp, torch::ScalarType dtype,
                                           torch::Device device) {
   const std::string config_path = (fs::path(dir) / "config.json").string();
-  ModelConfig config = ModelConfig::from_file(config_path);
+  const nlohmann::json config_json = ModelConfig::read_file(config_path);  // parsed once: the model and its reader
+  ModelConfig config = ModelConfig::from_json(config_json, config_path);
   std::shared_ptr<CausalLM> model;
   {
     DefaultDtype building_in(dtype);
     model = std::make_shared<CausalLM>(config, tp);
   }
   io::Checkpoint checkpoint(dir);
-  std::unique_ptr<QuantizedWeightReader> quantized = quantized_weight_reader(config_path, checkpoint);
+  std::unique_ptr<QuantizedWeightReader> quantized = quantized_weight_reader(config_json, config_path, checkpoint);
   torch::NoGradGuard no_grad;
   const auto& entries = model->weights().entries();
   log::Progress progress("loading " + dir, static_cast<int64_t>(entries.size()), "tensors", 5.0);

@@ -106,17 +106,17 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   return c;
 }
 
-ModelConfig ModelConfig::from_file(const std::string& path) {
+json ModelConfig::read_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw Error(fmt::format("{}: cannot open the model's config.json", path));
-  json j;
   try {
-    j = json::parse(in);
+    return json::parse(in);
   } catch (const json::exception& e) {
     throw Error(fmt::format("{}: not valid JSON ({})", path, e.what()));
   }
-  return from_json(j, path);
 }
+
+ModelConfig ModelConfig::from_file(const std::string& path) { return from_json(read_file(path), path); }
 
 json ModelConfig::to_json() const {
   json j;

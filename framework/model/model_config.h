@@ -36,6 +36,8 @@ struct ModelConfig {
   // Throws qforge::Error naming `source` (the file) and the key when a key is missing, mistyped or inconsistent.
   static ModelConfig from_json(const nlohmann::json& json, const std::string& source);
   static ModelConfig from_file(const std::string& config_json_path);
+  // config.json parsed (Error naming the file when it cannot be read or is not JSON), for from_json and readers.
+  static nlohmann::json read_file(const std::string& config_json_path);
   // A Hugging Face config.json for this architecture ("architectures", "model_type", ...).
   nlohmann::json to_json() const;
 

@@ -4,7 +4,6 @@
 
 #include <fmt/format.h>
 
-#include <fstream>
 #include <map>
 #include <mutex>
 
@@ -32,17 +31,11 @@ std::vector<std::string> registered_quantized_formats() {
   return names;
 }
 
-std::unique_ptr<QuantizedWeightReader> quantized_weight_reader(const std::string& config_path,
+std::unique_ptr<QuantizedWeightReader> quantized_weight_reader(const nlohmann::json& config_json,
+                                                               const std::string& config_path,
                                                                const io::Checkpoint& checkpoint) {
-  std::ifstream in(config_path);
-  nlohmann::json config;
-  try {
-    config = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("{}: not valid JSON ({})", config_path, e.what()));
-  }
-  const auto it = config.find("quantization_config");
-  if (it == config.end() || it->is_null()) return nullptr;
+  const auto it = config_json.find("quantization_config");
+  if (it == config_json.end() || it->is_null()) return nullptr;
   return make_quantized_reader(*it, config_path, checkpoint);
 }
 

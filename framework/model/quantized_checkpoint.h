@@ -39,9 +39,10 @@ using QuantizedReaderFactory = std::function<std::unique_ptr<QuantizedWeightRead
 void register_quantized_format(const std::string& quant_method, QuantizedReaderFactory factory);
 std::vector<std::string> registered_quantized_formats();  // sorted
 
-// The reader for the checkpoint of `config_path` (its config.json), or nullptr when it has no
+// The reader for a checkpoint whose config.json (`config_path`) holds `config_json`, or nullptr when it has no
 // quantization_config. Throws qforge::Error naming the file when quant_method is missing or not registered.
-std::unique_ptr<QuantizedWeightReader> quantized_weight_reader(const std::string& config_path,
+std::unique_ptr<QuantizedWeightReader> quantized_weight_reader(const nlohmann::json& config_json,
+                                                               const std::string& config_path,
                                                                const io::Checkpoint& checkpoint);
 // The reader of one quantization_config object (e.g. a format nested in another's); errors as above.
 std::unique_ptr<QuantizedWeightReader> make_quantized_reader(const nlohmann::json& quantization_config,
