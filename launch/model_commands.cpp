@@ -135,18 +135,14 @@ int run_init_model(CommandContext& context) {
 
 int run_eval(CommandContext& context) {
   const std::string& task = context.line.positionals.at(0);
-  if (task != "ppl") throw UsageError(fmt::format("qforge eval: unknown task '{}' (expected ppl)", task));
+  if (task == "tasks") return run_eval_tasks(context);
+  if (task != "ppl") throw UsageError(fmt::format("qforge eval: unknown kind '{}' (expected ppl or tasks)", task));
   const QforgeConfig& c = context.config;
   required_setting(c.model.path, "model.path", "model");
   required_setting(c.eval.text, "eval.text", "text");
   dist::Grid grid(context.runtime, c.parallel.tp);
   auto model = load_model(context, grid);
-  const quant::BitWidths bits = quant::parse_bits(c.quant.bits);
-  if (bits.weight < 16 || bits.act < 16 || bits.kv < 16) {  // else a quantized checkpoint's own quantizers stay
-    const quant::AttachReport quantized = quant::attach_quantizers(*model, c.quant);
-    log::info("fake-quantized W-A-KV {}: {} linear layers, {} attention layers", c.quant.bits,
-              quantized.quantized_linears, quantized.attention_layers);
-  }
+  attach_eval_quantizers(c, *model);
   auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
   torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
   const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model->config().max_positions;
@@ -181,6 +177,14 @@ int run_generate_text(CommandContext& context) {
 }
 
 }  // namespace
+
+void attach_eval_quantizers(const QforgeConfig& c, model::CausalLM& model) {
+  const quant::BitWidths bits = quant::parse_bits(c.quant.bits);
+  if (bits.weight >= 16 && bits.act >= 16 && bits.kv >= 16) return;  // a quantized checkpoint's own quantizers stay
+  const quant::AttachReport quantized = quant::attach_quantizers(model, c.quant);
+  log::info("fake-quantized W-A-KV {}: {} linear layers, {} attention layers", c.quant.bits,
+            quantized.quantized_linears, quantized.attention_layers);
+}
 
 const std::string& required_setting(const std::string& value, const char* key, const char* option) {
   if (value.empty()) throw UsageError(fmt::format("{} is required (config key {}, or --{})", key, key, option));
@@ -244,10 +248,19 @@ std::vector<Command> model_commands() {
          {"outliers", true, "channels per norm scaled 10-50x, as real models' outlier channels (0)"},
          {"std", true, "standard deviation of the random weights (0.3)"}}},
        run_init_model},
-      {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N] [--quant W-A-KV]",
-        {model_option, tokenizer_option, {"text", true, "text file", "eval.text"}, {"seq-len", true, "window length", "eval.seq_len"},
-         {"batch-size", true, "windows per forward pass", "eval.batch_size"}, quant_option},
-        {"task"}},
+      {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N] [--quant W-A-KV], or "
+                "eval tasks --model DIR --tasks piqa,arc_easy,... --data-dir DIR [--shots K] [--limit N]",
+        {model_option, tokenizer_option, {"text", true, "text file (ppl)", "eval.text"},
+         {"seq-len", true, "window length (perplexity)", "eval.seq_len"},
+         {"batch-size", true, "windows (tasks: contexts) per forward pass", "eval.batch_size"}, quant_option,
+         {"tasks", true, "comma-separated tasks (tasks)", "eval.tasks"},
+         {"data-dir", true, "task data laid out as ../shared/tasks", "eval.data_dir"},
+         {"paths", true, "per-task files: TASK=PATH,...", "eval.paths"},
+         {"shots", true, "few-shot examples (-1: each task's default)", "eval.shots"},
+         {"limit", true, "first N items of each task (0: all)", "eval.limit"},
+         {"log-samples", false, "write output.dir/samples_TASK.jsonl", "eval.log_samples"},
+         {"output", true, "directory for results.json", "output.dir"}},
+        {"kind"}},
        run_eval},
       {{"generate-text", "continue a prompt: generate-text --model DIR --prompt TEXT",
         {model_option, tokenizer_option, {"prompt", true, "text to continue", "generate_text.prompt"},

@@ -26,6 +26,10 @@ const std::string& required_setting(const std::string& value, const char* key, c
 // Rank 0 writes output.dir/`name` and the resolved config beside it (nothing when output.dir is empty).
 void write_outputs(const CommandContext& context, const std::string& name, const std::string& contents);
 
+// The LLM-QAT fake quantizers of quant.bits, when any part is below 16 bits (eval ppl, eval tasks).
+void attach_eval_quantizers(const QforgeConfig& c, model::CausalLM& model);
+
+int run_eval_tasks(CommandContext& context);   // eval_command.cpp
 int run_generate(CommandContext& context);     // generate_command.cpp
 int run_show_corpus(CommandContext& context);  // generate_command.cpp
 int run_qat(CommandContext& context);          // qat_command.cpp

@@ -70,12 +70,31 @@ struct ModelSettings {
 struct EvalSettings {
   std::string text;        // text file for perplexity
   int64_t seq_len = 0;     // window length; 0: the model's context length
-  int64_t batch_size = 4;  // windows per forward pass
+  int64_t batch_size = 4;  // windows (qforge eval tasks: contexts or prompts) per forward pass
+  // qforge eval tasks (docs/evaluation.md)
+  std::string tasks = "piqa,arc_easy,arc_challenge,openbookqa,winogrande,boolq,hellaswag";  // comma-separated
+  std::string data_dir;    // a folder laid out as ../shared/tasks
+  std::string paths;       // per-task files: "piqa=FILE,mmlu=DIR,wikitext2=FILE,c4=FILE"
+  int64_t shots = -1;      // -1: each task's default (MMLU 5, others 0)
+  int64_t limit = 0;       // 0: every item; N: the first N (MMLU: of each subject)
+  bool log_samples = false;  // one JSON line per item in output.dir/samples_TASK.jsonl
+  bool add_bos = true;     // BOS before every context (the harness's add_bos_token=True)
+  int64_t c4_windows = 256;  // GPTQ's C4 convention
+  int64_t seed = 0;        // C4 windows; few-shot sampling uses seed + 1234
   template <class V>
   void visit(V& v) {
     v("text", text);
     v("seq_len", seq_len, config::at_least(0));
     v("batch_size", batch_size, config::at_least(1));
+    v("tasks", tasks);
+    v("data_dir", data_dir);
+    v("paths", paths);
+    v("shots", shots, config::at_least(-1));
+    v("limit", limit, config::at_least(0));
+    v("log_samples", log_samples);
+    v("add_bos", add_bos);
+    v("c4_windows", c4_windows, config::at_least(1));
+    v("seed", seed, config::at_least(0));
   }
 };
 

@@ -7,9 +7,12 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
 #include <fstream>
 #include <iterator>
+#include <random>
 
 namespace qforge::eval {
 
@@ -53,6 +56,56 @@ torch::Tensor tokenize_text_file(const std::string& path, const tok::Tokenizer& 
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) throw Error(fmt::format("{}: holds no text", path));
   return torch::tensor(tokenizer.encode(text, /*bos=*/true, /*eos=*/false), torch::kLong);
+}
+
+torch::Tensor wikitext2_tokens(const std::string& path, const tok::Tokenizer& tokenizer) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open the WikiText-2 test file (wiki.test.raw)", path));
+  std::string joined, line;
+  bool first = true;
+  while (std::getline(in, line)) {
+    if (!first) joined += "\n\n";
+    first = false;
+    if (line.find_first_not_of(" \t\r") != std::string::npos) joined += line + "\n";
+  }
+  if (joined.find_first_not_of(" \t\r\n") == std::string::npos) throw Error(fmt::format("{}: holds no text", path));
+  return torch::tensor(tokenizer.encode(joined, /*bos=*/true, /*eos=*/false), torch::kLong);
+}
+
+torch::Tensor c4_windows(const std::string& path, const tok::Tokenizer& tokenizer, int64_t seq_len, int64_t windows,
+                         uint64_t seed) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open the C4 file (JSON Lines with a \"text\" field)", path));
+  std::vector<std::string> documents;
+  std::string line;
+  for (int64_t number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!row.is_object() || !row.contains("text") || !row["text"].is_string())
+      throw Error(fmt::format("{}:{}: expected a JSON object with a \"text\" string", path, number));
+    documents.push_back(row["text"].get<std::string>());
+  }
+  if (documents.empty()) throw Error(fmt::format("{}: holds no documents", path));
+  std::mt19937_64 random(seed);
+  std::vector<int64_t> tokens;
+  std::vector<char> too_short(documents.size(), 0);
+  std::size_t short_count = 0;
+  while (static_cast<int64_t>(tokens.size()) < windows * seq_len) {
+    if (short_count == documents.size())
+      throw Error(fmt::format("{}: no document has the {} tokens a window needs", path, seq_len + 1));
+    const std::size_t d = std::uniform_int_distribution<std::size_t>(0, documents.size() - 1)(random);
+    if (too_short[d]) continue;
+    const std::vector<int64_t> ids = tokenizer.encode(documents[d], /*bos=*/true, /*eos=*/false);
+    const int64_t count = static_cast<int64_t>(ids.size());
+    if (count <= seq_len) {
+      too_short[d] = 1;
+      ++short_count;
+      continue;
+    }
+    const int64_t start = std::uniform_int_distribution<int64_t>(0, count - seq_len - 1)(random);
+    tokens.insert(tokens.end(), ids.begin() + start, ids.begin() + start + seq_len);
+  }
+  return torch::tensor(tokens, torch::kLong);
 }
 
 }  // namespace qforge::eval

@@ -30,4 +30,16 @@ PerplexityResult perplexity(model::CausalLM& model, const torch::Tensor& tokens,
 // WikiText-2 recipe). Throws naming the file when it cannot be read or holds no text.
 torch::Tensor tokenize_text_file(const std::string& path, const tok::Tokenizer& tokenizer);
 
+// WikiText-2 as GPTQ and RPTQ evaluate it: the raw test file's lines as Hugging Face's wikitext-2-raw-v1 rows
+// (a line with text keeps its newline, a blank line is an empty row) joined with "\n\n", encoded at once with
+// one BOS.
+torch::Tensor wikitext2_tokens(const std::string& path, const tok::Tokenizer& tokenizer);
+
+// C4 as GPTQ's get_c4 evaluates it: `windows` windows of `seq_len` tokens, each from a document drawn at random
+// among those of at least seq_len + 1 tokens (encoded alone, with BOS) at a random offset, concatenated. Drawn
+// with std::mt19937_64(seed), not Python's random: the windows are GPTQ's recipe, not its draw. `path` is JSON
+// Lines with a "text" string per line; a line that is not is a qforge::Error naming the file and line.
+torch::Tensor c4_windows(const std::string& path, const tok::Tokenizer& tokenizer, int64_t seq_len,
+                         int64_t windows = 256, uint64_t seed = 0);
+
 }  // namespace qforge::eval

@@ -41,7 +41,8 @@ double uniform_from(uint64_t seed, uint64_t counter) {
 
 std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
                                            int64_t max_new_tokens, const SamplingOptions& options,
-                                           const std::function<void(int64_t, int64_t)>& on_token) {
+                                           const std::function<void(int64_t, int64_t)>& on_token,
+                                           const std::function<bool(int64_t, const std::vector<int64_t>&)>& stop) {
   torch::NoGradGuard no_grad;
   const int64_t batch = static_cast<int64_t>(prompts.size());
   const int64_t context = model.config().max_positions;
@@ -88,7 +89,7 @@ std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<st
       const int64_t token = chosen[b].item<int64_t>();
       outputs[b].push_back(token);
       if (on_token) on_token(b, token);
-      done[b] = token == model.config().eos_token_id || next_position[b] >= capacity;
+      done[b] = token == model.config().eos_token_id || next_position[b] >= capacity || (stop && stop(b, outputs[b]));
       any_active = any_active || !done[b];
     }
     if (!any_active || step + 1 == max_new_tokens) break;

@@ -28,9 +28,11 @@ double uniform_from(uint64_t seed, uint64_t counter);
 
 // Continues every prompt by up to `max_new_tokens` tokens (fewer when a row reaches EOS, which is kept) or until
 // the model's context is full. Collective over the model's TP group; every TP rank returns the same tokens.
-// `on_token(row, token)` sees each new token as it is chosen.
-std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
-                                           int64_t max_new_tokens, const SamplingOptions& options,
-                                           const std::function<void(int64_t, int64_t)>& on_token = {});
+// `on_token(row, token)` sees each new token as it is chosen; `stop(row, tokens so far)`, when given, ends a row
+// early (its tokens are kept); it must answer alike on every TP rank.
+std::vector<std::vector<int64_t>> generate(
+    CausalLM& model, const std::vector<std::vector<int64_t>>& prompts, int64_t max_new_tokens,
+    const SamplingOptions& options, const std::function<void(int64_t, int64_t)>& on_token = {},
+    const std::function<bool(int64_t, const std::vector<int64_t>&)>& stop = {});
 
 }  // namespace qforge::model
