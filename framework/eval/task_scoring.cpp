@@ -47,7 +47,8 @@ torch::Tensor run_blocks(model::CausalLM& model, const torch::Tensor& ids, const
                          model::KvCache& cache) {
   const torch::Tensor on_device = positions.to(model.embed_tokens->weight.device());
   torch::Tensor h = model.embed(ids, on_device);
-  for (std::size_t i = 0; i < model.layers.size(); ++i) h = model.layers[i](h, on_device, &cache.keys[i], &cache.values[i]);
+  for (std::size_t i = 0; i < model.layers.size(); ++i)
+    h = model.layers[i](h, on_device, &cache.keys[i], &cache.values[i]);
   return h;
 }
 

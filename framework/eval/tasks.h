@@ -55,7 +55,7 @@ struct TaskOptions {
   std::string data_dir;  // a folder laid out as ../shared/tasks (piqa/valid.jsonl, arc-easy/test.json, mmlu/dev, ...)
   std::string path;      // when set: this task's file (MMLU: its folder holding dev/ and test/) instead of data_dir's
   int64_t shots = -1;    // -1: the task's default (MMLU 5, others 0)
-  int64_t limit = 0;     // 0: every item; else the first `limit` items (MMLU: of each subject), as the harness's --limit
+  int64_t limit = 0;     // 0: every item; else the first `limit` items (MMLU: of each subject), as harness --limit
   uint64_t seed = 1234;  // few-shot sampling for tasks without a dev split
 };
 

@@ -89,7 +89,8 @@ std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<st
       const int64_t token = chosen[b].item<int64_t>();
       outputs[b].push_back(token);
       if (on_token) on_token(b, token);
-      done[b] = token == model.config().eos_token_id || next_position[b] >= capacity || (stop && stop(b, outputs[b]));
+      done[b] = token == model.config().eos_token_id || next_position[b] >= capacity;
+      if (stop && !done[b]) done[b] = stop(b, outputs[b]);
       any_active = any_active || !done[b];
     }
     if (!any_active || step + 1 == max_new_tokens) break;
