@@ -231,9 +231,9 @@ std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist:
 std::vector<Command> model_commands() {
   using config::OptionSpec;
   const OptionSpec model_option{"model", true, "Hugging Face checkpoint directory", "model.path"};
-  const OptionSpec tokenizer_option{"tokenizer", true,
-                                    "tokenizer.model, tokenizer.bin, tokenizer.json or vocab.json (default: the model's)",
-                                    "model.tokenizer"};
+  const OptionSpec tokenizer_option{
+      "tokenizer", true, "tokenizer.model, tokenizer.bin, tokenizer.json or vocab.json (default: the model's)",
+      "model.tokenizer"};
   const OptionSpec quant_option{"quant", true, "fake-quantize weights, activations, KV cache: W-A-KV bits, e.g. 4-8-4",
                                  "quant.bits"};
   return {

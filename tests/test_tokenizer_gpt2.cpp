@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "framework/common/error.h"
@@ -33,6 +35,8 @@ const fs::path kReferenceScript = QFORGE_GPT2_BPE_REFERENCE;
 
 constexpr int64_t kEndOfText = 50256;  // GPT-2's <|endoftext|>
 constexpr std::size_t kGpt2VocabSize = 50257;
+constexpr int kRandomTexts = 2000;  // random texts sent to the reference
+constexpr int kThreads = 4;
 
 #define SKIP_WITHOUT(path)                                                              \
   if (!fs::exists(path))                                                                \
@@ -200,6 +204,22 @@ std::vector<std::vector<int64_t>> reference_ids(const std::vector<std::string>& 
   return reply.at("encode").get<std::vector<std::vector<int64_t>>>();
 }
 
+// Texts drawn from the characters where the regex's alternatives meet: spaces and other whitespace, apostrophes,
+// contraction letters, digits, punctuation, combining marks (neither letters nor digits), CJK, emoji.
+std::vector<std::string> random_texts() {
+  const std::vector<std::string> alphabet = {
+      " ", " ", " ", "\n", "\t", "\r", "'", "'", "s", "t", "l", "L", "v", "e", "d", "m", "x", "7", "0", ".", ",",
+      "!", "-", "\u00A0", "\u0085", "\u2003", "\u3000", "\u0301", "\u00E9", "\u00B2", "\u0663", "\u65E5",
+      "\u3001", "\U0001F44D", "\U0001F3FD", "\u200B", "\u2028"};
+  std::mt19937 random(12345);
+  std::vector<std::string> texts(kRandomTexts);
+  for (std::string& text : texts) {
+    const std::size_t length = 1 + random() % 24;
+    for (std::size_t i = 0; i < length; ++i) text += alphabet[random() % alphabet.size()];
+  }
+  return texts;
+}
+
 TEST(Gpt2Bpe, SameIdsAsEncoderPy) {
   SKIP_WITHOUT(kGpt2Vocab);
   SKIP_WITHOUT(kWikiText);
@@ -207,6 +227,8 @@ TEST(Gpt2Bpe, SameIdsAsEncoderPy) {
   if (!fs::exists("/usr/bin/python3")) GTEST_SKIP() << "/usr/bin/python3 is absent: the reference cannot run";
   const auto tokenizer = load_tokenizer(kGpt2Dir.string());
   std::vector<std::string> texts = kEdgeCases;
+  const std::vector<std::string> random = random_texts();
+  texts.insert(texts.end(), random.begin(), random.end());
   texts.push_back(read_text(kWikiText));
   texts.push_back(read_text(kTinyStories));
   std::string splitter;
@@ -220,7 +242,21 @@ TEST(Gpt2Bpe, SameIdsAsEncoderPy) {
       EXPECT_TRUE(ids == expected[i]) << "text " << i << ": " << ids.size() << " ids, " << expected[i].size();
   }
   std::printf("encoder.py (words by %s): the same ids for %zu texts, WikiText-2 test %zu tokens\n", splitter.c_str(),
-              texts.size(), expected[kEdgeCases.size()].size());
+              texts.size(), expected[texts.size() - 2].size());
+}
+
+// The word cache is shared: threads encoding at once get the ids one thread gets.
+TEST(Gpt2Bpe, ConcurrentEncodesAgree) {
+  SKIP_WITHOUT(kGpt2Vocab);
+  SKIP_WITHOUT(kTinyStories);
+  const auto tokenizer = load_tokenizer(kGpt2Dir.string());
+  const std::string text = read_text(kTinyStories);
+  const std::vector<int64_t> alone = load_tokenizer(kGpt2Dir.string())->encode(text, true, false);
+  std::vector<std::vector<int64_t>> ids(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) threads.emplace_back([&, t] { ids[t] = tokenizer->encode(text, true, false); });
+  for (std::thread& thread : threads) thread.join();
+  for (int t = 0; t < kThreads; ++t) EXPECT_TRUE(ids[t] == alone) << "thread " << t;
 }
 
 // A tokenizer.json made of GPT-2's vocab.json and merges.txt, with <|endoftext|> as a special added token.

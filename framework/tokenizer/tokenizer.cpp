@@ -54,8 +54,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   if (fs::path(path).extension() == ".json") return gpt2_tokenizer_from_json_file(path);
   const std::string bytes = read_tokenizer_file(path);
   if (bytes.empty())
-    throw Error(fmt::format("{}: the file is empty, expected a SentencePiece .model or a llama2.c tokenizer.bin "
-                            "(or a .json file: tokenizer.json, vocab.json)", path));
+    throw Error(fmt::format("{}: the file is empty, expected a SentencePiece .model or a llama2.c tokenizer.bin", path));
   if (looks_like_sentencepiece(bytes)) return sentencepiece_tokenizer_from_bytes(path, bytes);
   return llama2c_tokenizer_from_bytes(path, bytes);
 }
