@@ -10,6 +10,9 @@ endif()
 find_package(yaml-cpp REQUIRED)
 find_package(fmt REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
+# PCRE2 runs GPT-2's pre-tokenizer regex (framework/tokenizer/gpt2_bpe.cpp); Debian: libpcre2-dev.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET GLOBAL libpcre2-8)
 
 # CUDA and NCCL are on exactly when the libtorch found was built with CUDA.
 set(QFORGE_WITH_CUDA OFF)

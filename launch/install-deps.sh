@@ -12,6 +12,7 @@ PACKAGES=(
   libyaml-cpp-dev                    # config files
   libgtest-dev                       # tests
   nlohmann-json3-dev libfmt-dev      # JSON (config.json, safetensors headers); formatting
+  libpcre2-dev                       # regex: GPT-2's pre-tokenizer
   python3-torch python3-h5py python3-numpy python3-sentencepiece  # independent references in tests (/usr/bin/python3)
 )
 

@@ -200,17 +200,24 @@ void write_outputs(const CommandContext& context, const std::string& name, const
 }
 
 void copy_tokenizer(const ModelSettings& model, const std::string& dir) {
-  const std::string tokenizer = tokenizer_path(model);
-  fs::copy_file(tokenizer, fs::path(dir) / fs::path(tokenizer).filename(), fs::copy_options::overwrite_existing);
+  const fs::path tokenizer = tokenizer_path(model);
+  std::vector<fs::path> files = {tokenizer};
+  if (fs::is_directory(tokenizer)) {
+    const std::string file = tok::tokenizer_in_directory(tokenizer.string());
+    if (file.empty()) throw UsageError(fmt::format("{} holds no tokenizer file to copy", tokenizer.string()));
+    files = {file};
+  }
+  if (files[0].filename() == "vocab.json") files.push_back(files[0].parent_path() / "merges.txt");  // its merges
+  for (const fs::path& file : files)
+    fs::copy_file(file, fs::path(dir) / file.filename(), fs::copy_options::overwrite_existing);
 }
 
 std::string tokenizer_path(const ModelSettings& model) {
   if (!model.tokenizer.empty()) return model.tokenizer;
-  for (const char* name : {"tokenizer.model", "tokenizer.bin"}) {
-    fs::path candidate = fs::path(model.path) / name;
-    if (fs::exists(candidate)) return candidate.string();
-  }
-  throw UsageError(fmt::format("{} has no tokenizer.model or tokenizer.bin; set model.tokenizer (or --tokenizer)", model.path));
+  const std::string found = tok::tokenizer_in_directory(model.path);
+  if (!found.empty()) return found;
+  throw UsageError(fmt::format("{} has no tokenizer.model, tokenizer.bin, tokenizer.json or vocab.json + merges.txt; "
+                               "set model.tokenizer (or --tokenizer)", model.path));
 }
 
 static torch::Device model_device(const CommandContext& context) {
@@ -228,8 +235,9 @@ std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist:
 std::vector<Command> model_commands() {
   using config::OptionSpec;
   const OptionSpec model_option{"model", true, "Hugging Face checkpoint directory", "model.path"};
-  const OptionSpec tokenizer_option{"tokenizer", true, "tokenizer.model or tokenizer.bin (default: the model's)",
-                                    "model.tokenizer"};
+  const OptionSpec tokenizer_option{
+      "tokenizer", true, "tokenizer.model, tokenizer.bin, tokenizer.json or vocab.json (default: the model's)",
+      "model.tokenizer"};
   const OptionSpec quant_option{"quant", true, "fake-quantize weights, activations, KV cache: W-A-KV bits, e.g. 4-8-4",
                                  "quant.bits"};
   return {

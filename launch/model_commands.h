@@ -13,12 +13,14 @@ namespace qforge {
 // convert, eval, generate-text, generate.
 std::vector<Command> model_commands();
 
-// The tokenizer of model.tokenizer, else the model directory's tokenizer.model or tokenizer.bin.
+// The tokenizer of model.tokenizer, else the model directory's tokenizer.model, tokenizer.bin, tokenizer.json or
+// vocab.json (with merges.txt beside it): tok::tokenizer_in_directory.
 std::string tokenizer_path(const ModelSettings& model);
 // model.path loaded over the grid's TP group with model.dtype on model.device.
 std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid);
 
-// Copies the model's tokenizer (tokenizer_path) into `dir`, beside a checkpoint a command wrote there.
+// Copies the model's tokenizer (tokenizer_path; a vocab.json with its merges.txt) into `dir`, beside a checkpoint a
+// command wrote there.
 void copy_tokenizer(const ModelSettings& model, const std::string& dir);
 
 // `value`, or a UsageError naming the config key and its command-line option when it is empty.

@@ -51,7 +51,7 @@ struct OutputSettings {
 
 struct ModelSettings {
   std::string path;       // Hugging Face checkpoint directory (config.json + safetensors)
-  std::string tokenizer;  // tokenizer.model or tokenizer.bin; "": the one in the model directory
+  std::string tokenizer;  // tokenizer.model, tokenizer.bin, tokenizer.json, vocab.json or a directory; "": the model's
   std::string dtype = "float32";  // float32, bfloat16, float16 (the last two for CUDA)
   std::string device = "cpu";     // cpu, or cuda (each rank takes the GPU of its node-local rank)
   // A published architecture by name (framework/model/presets.h), for `qforge plan` when model.path holds no

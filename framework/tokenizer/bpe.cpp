@@ -1,8 +1,14 @@
 #include "framework/tokenizer/bpe.h"
 
+#include "framework/common/error.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <queue>
 
 namespace qforge::tok {
@@ -30,6 +36,14 @@ struct MergesLater {
 
 }  // namespace
 
+std::string read_tokenizer_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open the tokenizer file ({})", path, std::strerror(errno)));
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw Error(fmt::format("{}: cannot read the tokenizer file ({})", path, std::strerror(errno)));
+  return bytes;
+}
+
 int byte_of_piece(const std::string& piece) {
   if (piece.size() != 6 || piece.compare(0, 3, "<0x") != 0 || piece[5] != '>') return -1;
   const int high = hex_digit(piece[3]), low = hex_digit(piece[4]);
@@ -54,6 +68,10 @@ MergeTable::MergeTable(const PieceIds& ids, const std::vector<float>& scores,
         merges_.emplace(pair_key(left->second, right->second), Merge{id, scores[id]});
     }
   }
+}
+
+void MergeTable::add(int32_t left, int32_t right, Merge merge) {
+  merges_.insert_or_assign(pair_key(left, right), merge);
 }
 
 const MergeTable::Merge* MergeTable::find(int32_t left, int32_t right) const {

@@ -1,6 +1,7 @@
-// What the two tokenizers share (internal to framework/tokenizer): byte pieces "<0xXX>", UTF-8 character lengths,
-// and the BPE merge loop, which merges, again and again, the adjacent pair whose concatenation is the
-// highest-scored piece, the leftmost on ties. That is both llama2.c run.c's encode() and SentencePiece's BPE model.
+// What the tokenizers share (internal to framework/tokenizer): reading a tokenizer file, byte pieces "<0xXX>", UTF-8
+// character lengths, and the BPE merge loop, which merges, again and again, the adjacent pair whose concatenation is
+// the highest-scored piece, the leftmost on ties. That is both llama2.c run.c's encode() and SentencePiece's BPE
+// model; GPT-2's byte-level BPE is the same loop over explicit merges scored by minus their rank.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +12,9 @@
 #include <vector>
 
 namespace qforge::tok {
+
+// The whole of the tokenizer file `path`; a qforge::Error naming it when it cannot be read.
+std::string read_tokenizer_file(const std::string& path);
 
 // The byte "<0xXX>" (upper-case hex digits) stands for, or -1 when `piece` is not a byte piece.
 int byte_of_piece(const std::string& piece);
@@ -33,7 +37,11 @@ class MergeTable {
   // Every split of a piece of `ids` into two pieces of `ids` (an empty half included, as run.c would find it),
   // for the pieces `can_merge_into` accepts; `scores` is indexed by id.
   MergeTable(const PieceIds& ids, const std::vector<float>& scores, const std::function<bool(int32_t)>& can_merge_into);
+  // No merges yet; add() gives them one by one (GPT-2's merges.txt lists its merges explicitly).
+  MergeTable() = default;
 
+  // (left, right) merges into `merge`; a later add() of the same pair replaces the earlier one.
+  void add(int32_t left, int32_t right, Merge merge);
   const Merge* find(int32_t left, int32_t right) const;
 
  private:

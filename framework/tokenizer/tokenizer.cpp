@@ -1,29 +1,21 @@
 #include "framework/tokenizer/tokenizer.h"
 
 #include "framework/common/error.h"
+#include "framework/tokenizer/bpe.h"
+#include "framework/tokenizer/gpt2_bpe.h"
 
 #include <fmt/format.h>
 
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 
 namespace qforge::tok {
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::error_code ignored;
-  if (std::filesystem::is_directory(path, ignored))
-    throw Error(fmt::format("{}: is a directory, expected a tokenizer file (SentencePiece .model or llama2.c "
-                            "tokenizer.bin)", path));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open the tokenizer file ({})", path, std::strerror(errno)));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw Error(fmt::format("{}: cannot read the tokenizer file ({})", path, std::strerror(errno)));
-  return bytes;
-}
+namespace fs = std::filesystem;
+
+constexpr const char* kAccepted =
+    "tokenizer.model (SentencePiece), tokenizer.bin (llama2.c), tokenizer.json (Hugging Face byte-level BPE) or "
+    "vocab.json + merges.txt (GPT-2/OPT)";
 
 // A SentencePiece ModelProto starts with its first `pieces` entry: tag 0x0A, a non-zero varint length, then the
 // entry's own `piece` field, tag 0x0A again. A llama2.c tokenizer.bin starts with a little-endian int32
@@ -42,8 +34,25 @@ bool looks_like_sentencepiece(const std::string& bytes) {
 
 }  // namespace
 
+std::string tokenizer_in_directory(const std::string& dir) {
+  std::error_code ignored;
+  for (const char* name : {"tokenizer.model", "tokenizer.bin", "tokenizer.json"})
+    if (fs::is_regular_file(fs::path(dir) / name, ignored)) return (fs::path(dir) / name).string();
+  if (fs::is_regular_file(fs::path(dir) / "vocab.json", ignored) &&
+      fs::is_regular_file(fs::path(dir) / "merges.txt", ignored))
+    return (fs::path(dir) / "vocab.json").string();
+  return "";
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
-  const std::string bytes = read_file(path);
+  std::error_code ignored;
+  if (fs::is_directory(path, ignored)) {
+    const std::string file = tokenizer_in_directory(path);
+    if (file.empty()) throw Error(fmt::format("{}: is a directory without a tokenizer, expected {}", path, kAccepted));
+    return load_tokenizer(file);
+  }
+  if (fs::path(path).extension() == ".json") return gpt2_tokenizer_from_json_file(path);
+  const std::string bytes = read_tokenizer_file(path);
   if (bytes.empty())
     throw Error(fmt::format("{}: the file is empty, expected a SentencePiece .model or a llama2.c tokenizer.bin", path));
   if (looks_like_sentencepiece(bytes)) return sentencepiece_tokenizer_from_bytes(path, bytes);
