@@ -15,19 +15,22 @@ cd "$WORK"
 
 [ -f stories/config.json ] || "$QFORGE" convert llama2c --in "$SHARED/models/stories260K/stories260K.bin" \
   --tokenizer "$SHARED/models/stories260K/tok512.bin" --out stories
-if [ ! -f qat-4-8-4/student/config.json ]; then
+if [ ! -f qat-4-8-4/gptq/config.json ]; then
   [ -f corpus.h5 ] || "${MPI[@]}" "$QFORGE" generate --model stories --output corpus.h5 --seq-len 256 --seed 1
   "${MPI[@]}" "$QFORGE" qat --model stories --corpus corpus.h5 --output qat-4-8-4 --quant 4-8-4 >qat.log 2>&1
 fi
-[ -f gptq-w4/config.json ] || "${MPI[@]}" "$QFORGE" ptq --model stories --output gptq-w4 --calib "$TEXT" \
+[ -f gptq-w4/gptq/config.json ] || "${MPI[@]}" "$QFORGE" ptq --model stories --output gptq-w4 --calib "$TEXT" \
   --method gptq --wbits 4 >gptq.log 2>&1
-[ -f rptq-w4a4kv/config.json ] || "${MPI[@]}" "$QFORGE" ptq --model stories --output rptq-w4a4kv --calib "$TEXT" \
+[ -f rptq-w4a4kv/gptq/config.json ] || "${MPI[@]}" "$QFORGE" ptq --model stories --output rptq-w4a4kv --calib "$TEXT" \
   --method rptq --setting W4A4KV >rptq.log 2>&1
 
 tasks=piqa,arc_easy,arc_challenge,openbookqa,winogrande,boolq,hellaswag,mmlu,triviaqa,wikitext2,c4
 texts="wikitext2=$SHARED/data/wikitext-2/wiki.test.raw,c4=$SHARED/data/c4/c4_validation_2k.jsonl"
-models=("fp:stories:16-16-16" "rtn-4-8-4:stories:4-8-4" "qat-4-8-4:qat-4-8-4/student:4-8-4" "gptq-w4:gptq-w4:16-16-16"
-        "rptq-w4a4kv:rptq-w4a4kv:16-16-16")
+# The quantized models as stored in the GPTQ checkpoint format (their size on disk): QAT's export with its 8-bit
+# activations and 4-bit KV cache simulated (its weights re-quantize onto their own grid), GPTQ's, and RPTQ's
+# packed weights inside its checkpoint of reorders and static activation quantizers.
+models=("fp:stories:16-16-16" "rtn-4-8-4:stories:4-8-4" "qat-4-8-4:qat-4-8-4/gptq:4-8-4" "gptq-w4:gptq-w4/gptq:16-16-16"
+        "rptq-w4a4kv:rptq-w4a4kv/gptq:16-16-16")
 for entry in "${models[@]}"; do
   IFS=: read -r name dir bits <<<"$entry"
   [ -f "eval-$name/results.json" ] || "${MPI[@]}" "$QFORGE" eval tasks --model "$dir" --quant "$bits" \

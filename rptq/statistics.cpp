@@ -17,32 +17,39 @@ SiteLayout site_layout(SiteKind kind, const model::ModelConfig& c) {
   throw Error("unknown RPTQ site");
 }
 
-model::Site& site_of(model::CausalLM& model, int64_t layer, SiteKind kind) {
+namespace {
+
+// A site of a layer: the framework's Site, and its name as the module that owns it plus a suffix.
+struct SiteEntry {
+  model::Site& site;
+  const std::string& owner;
+  const char* suffix;
+};
+
+SiteEntry site_entry(model::CausalLM& model, int64_t layer, SiteKind kind) {
   auto& block = model.layers.at(static_cast<std::size_t>(layer));
+  auto& attention = block->attention;
   switch (kind) {
-    case SiteKind::kAttnNorm: return block->attention_norm->output_site;
-    case SiteKind::kQ: return block->attention->q_site;
-    case SiteKind::kK: return block->attention->k_site;
-    case SiteKind::kV: return block->attention->v_site;
-    case SiteKind::kAttnOut: return block->attention->o_proj->input_site;
-    case SiteKind::kMlpNorm: return block->mlp_norm->output_site;
-    case SiteKind::kMlpHidden: return block->mlp->down->input_site;
+    case SiteKind::kAttnNorm: return {block->attention_norm->output_site, block->attention_norm->name(), ".output"};
+    case SiteKind::kQ: return {attention->q_site, attention->name(), ".q"};
+    case SiteKind::kK: return {attention->k_site, attention->name(), ".k"};
+    case SiteKind::kV: return {attention->v_site, attention->name(), ".v"};
+    case SiteKind::kAttnOut: return {attention->o_proj->input_site, attention->o_proj->name(), ".input"};
+    case SiteKind::kMlpNorm: return {block->mlp_norm->output_site, block->mlp_norm->name(), ".output"};
+    case SiteKind::kMlpHidden: return {block->mlp->down->input_site, block->mlp->down->name(), ".input"};
   }
   throw Error("unknown RPTQ site");
 }
 
+}  // namespace
+
+model::Site& site_of(model::CausalLM& model, int64_t layer, SiteKind kind) {
+  return site_entry(model, layer, kind).site;
+}
+
 std::string site_name(model::CausalLM& model, int64_t layer, SiteKind kind) {
-  auto& block = model.layers.at(static_cast<std::size_t>(layer));
-  switch (kind) {
-    case SiteKind::kAttnNorm: return block->attention_norm->name() + ".output";
-    case SiteKind::kQ: return block->attention->name() + ".q";
-    case SiteKind::kK: return block->attention->name() + ".k";
-    case SiteKind::kV: return block->attention->name() + ".v";
-    case SiteKind::kAttnOut: return block->attention->o_proj->name() + ".input";
-    case SiteKind::kMlpNorm: return block->mlp_norm->name() + ".output";
-    case SiteKind::kMlpHidden: return block->mlp->down->name() + ".input";
-  }
-  throw Error("unknown RPTQ site");
+  const SiteEntry entry = site_entry(model, layer, kind);
+  return entry.owner + entry.suffix;
 }
 
 LayerStatistics::LayerStatistics(model::CausalLM& model, int64_t layer) : model_(model), layer_(layer) {

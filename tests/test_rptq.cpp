@@ -247,18 +247,18 @@ TEST(Rptq, TheSavedCheckpointReloadsWithItsReordersAndQuantizers) {
     const torch::Tensor weights_only = full_logits(model, ids);
     use_activations(model, q.result.layers, settings, "rptq");
     model::SharedDir dir("rptq_" + name);
-    save_rptq(model, q.result.layers, weight_settings(), settings, dir / "out", grid.dp_rank() == 0, 0);
-    runtime().world().barrier();
-    auto loaded = model::load_pretrained(dir / "out", grid.tp_group());
+    auto save_and_load = [&](const std::string& out, const quant::GptqExport* packed) {
+      save_rptq(model, q.result.layers, weight_settings(), settings, out, grid.dp_rank() == 0, 0, packed);
+      runtime().world().barrier();
+      return model::load_pretrained(out, grid.tp_group());
+    };
+    auto loaded = save_and_load(dir / "out", nullptr);
     const torch::Tensor reloaded = full_logits(*loaded, ids);
     EXPECT_TRUE(torch::equal(reloaded, q.logits)) << name << ": reloaded logits differ by "
                                                   << (reloaded - q.logits).abs().max().item<double>();
     // The weights in the GPTQ format inside RPTQ's checkpoint (every other tensor fp16, as the format stores them):
     // with the activations in full precision, the same model up to fp16 rounding.
-    save_rptq(model, q.result.layers, weight_settings(), settings, dir / "packed", grid.dp_rank() == 0, 0,
-              &q.result.ptq.quantized);
-    runtime().world().barrier();
-    auto unpacked = model::load_pretrained(dir / "packed", grid.tp_group());
+    auto unpacked = save_and_load(dir / "packed", &q.result.ptq.quantized);
     EXPECT_TRUE(unpacked->layers[0]->attention_norm->output_index.defined()) << name;
     use_activations(*unpacked, {}, settings, "none");
     const torch::Tensor from_packed = full_logits(*unpacked, ids);

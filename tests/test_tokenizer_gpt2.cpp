@@ -19,6 +19,7 @@
 #include "framework/common/error.h"
 #include "framework/tokenizer/gpt2_bpe.h"
 #include "framework/tokenizer/tokenizer.h"
+#include "tests/test_support.h"
 
 namespace qforge::tok {
 namespace {
@@ -297,16 +298,6 @@ class Gpt2Files : public ::testing::Test {
     return path.string();
   }
 
-  // The qforge::Error message of loading `path`, or "" when it loads.
-  static std::string load_error(const std::string& path) {
-    try {
-      load_tokenizer(path);
-      return "";
-    } catch (const Error& e) {
-      return e.what();
-    }
-  }
-
   fs::path dir_;
 };
 
@@ -421,7 +412,7 @@ TEST_F(Gpt2Files, BadFilesNameTheFile) {
   write("opt/vocab.json", kOptVocab.dump());
   write("opt/merges.txt", merges_txt(kOptMerges));
   auto expect_error = [&](const std::string& path, const std::string& wanted) {
-    const std::string message = load_error(path);
+    const std::string message = test::error_of([&] { load_tokenizer(path); });
     EXPECT_NE(message.find(wanted), std::string::npos) << "loading " << path << ": \"" << message << "\"";
   };
   auto in_dir = [&](const std::string& name, const std::string& vocab, const std::string& merges) {

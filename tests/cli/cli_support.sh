@@ -1,6 +1,6 @@
 # Shared by the command-line check scripts (sourced): $QFORGE and $MPIEXEC must be set. Provides MPI (mpiexec
-# with oversubscription), $work (a temporary directory removed at exit), check, run, show, and the pass/fail
-# counts that `finish` reports.
+# with oversubscription), $work (a temporary directory removed at exit), check, run, show, the pass/fail counts,
+# and stories_checkpoint (which also needs $SHARED).
 MPI=("$MPIEXEC" --oversubscribe)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -16,3 +16,13 @@ run() {  # run OUT ERR -- command...: stores exit code in $code
   "$@" >"$out" 2>"$err"; code=$?
 }
 show() { echo "--- stdout"; cat "$work/out"; echo "--- stderr"; cat "$work/err"; }
+stories_checkpoint() {  # stories_checkpoint WHAT: exits (a skip) without ../shared, else stories260K in $work/stories
+  stories="$SHARED/models/stories260K"
+  if [ ! -f "$stories/stories260K.bin" ]; then
+    echo "skip $1 checks ($SHARED absent)"
+    echo "0 passed, 0 failed"
+    exit 0
+  fi
+  "$QFORGE" convert llama2c --in "$stories/stories260K.bin" --tokenizer "$stories/tok512.bin" --out "$work/stories" \
+    2>/dev/null
+}

@@ -10,14 +10,7 @@ SHARED=$3
 source "$(dirname "${BASH_SOURCE[0]}")/cli_support.sh"
 reference="$(dirname "${BASH_SOURCE[0]}")/../reference"
 
-if [ ! -f "$SHARED/models/stories260K/stories260K.bin" ]; then
-  echo "skip eval checks ($SHARED absent)"
-  echo "0 passed, 0 failed"
-  exit 0
-fi
-stories="$SHARED/models/stories260K"
-"$QFORGE" convert llama2c --in "$stories/stories260K.bin" --tokenizer "$stories/tok512.bin" --out "$work/stories" \
-  2>/dev/null
+stories_checkpoint eval
 # The perplexity sets cut to a few windows' worth: these checks are about plumbing, bench/eval_tasks.sh runs them whole.
 head -n 300 "$SHARED/data/wikitext-2/wiki.test.raw" >"$work/wiki.test.raw"
 texts="wikitext2=$work/wiki.test.raw,c4=$SHARED/data/c4/c4_validation_2k.jsonl"

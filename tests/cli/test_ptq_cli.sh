@@ -9,15 +9,8 @@ SHARED=$3
 source "$(dirname "${BASH_SOURCE[0]}")/cli_support.sh"
 compare="$(dirname "${BASH_SOURCE[0]}")/../reference/compare_weights.py"
 
-if [ ! -f "$SHARED/models/stories260K/stories260K.bin" ]; then
-  echo "skip ptq checks ($SHARED absent)"
-  echo "0 passed, 0 failed"
-  exit 0
-fi
-stories="$SHARED/models/stories260K"
+stories_checkpoint ptq
 text="$SHARED/data/tinystories/tinystories_val.txt"
-"$QFORGE" convert llama2c --in "$stories/stories260K.bin" --tokenizer "$stories/tok512.bin" --out "$work/stories" \
-  2>/dev/null
 ptq() {  # ptq RANKS OUTDIR [options...]
   local ranks=$1 out=$2; shift 2
   "${MPI[@]}" -np "$ranks" "$QFORGE" ptq --model "$work/stories" --output "$out" --nsamples 32 --seq-len 256 \

@@ -10,16 +10,9 @@ SHARED=$3
 source "$(dirname "${BASH_SOURCE[0]}")/cli_support.sh"
 reference="$(dirname "${BASH_SOURCE[0]}")/../reference"
 
-if [ ! -f "$SHARED/models/stories260K/stories260K.bin" ]; then
-  echo "skip rptq checks ($SHARED absent)"
-  echo "0 passed, 0 failed"
-  exit 0
-fi
-stories="$SHARED/models/stories260K"
+stories_checkpoint rptq
 text="$SHARED/data/tinystories/tinystories_val.txt"
 head -c 200000 "$text" >"$work/eval.txt"
-"$QFORGE" convert llama2c --in "$stories/stories260K.bin" --tokenizer "$stories/tok512.bin" --out "$work/stories" \
-  2>/dev/null
 rptq() {  # rptq RANKS OUTDIR [options...]
   local ranks=$1 out=$2; shift 2
   "${MPI[@]}" -np "$ranks" "$QFORGE" ptq --method rptq --model "$work/stories" --output "$out" --calib "$text" \

@@ -62,11 +62,7 @@ def load(path):
 
 
 def argmax_first(values):
-    best = 0
-    for i, v in enumerate(values):
-        if v > values[best]:
-            best = i
-    return best
+    return max(range(len(values)), key=values.__getitem__)  # max() keeps the first of equal maxima, as numpy's argmax
 
 
 def compare_task(task, ours_dir, ref_dir, limit, errors):

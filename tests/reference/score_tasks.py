@@ -152,11 +152,7 @@ class Scorer:
 
 
 def argmax_first(values):
-    best = 0
-    for i, v in enumerate(values):
-        if v > values[best]:
-            best = i
-    return best
+    return max(range(len(values)), key=values.__getitem__)  # max() keeps the first of equal maxima, as numpy's argmax
 
 
 def score_task(scorer, name, tasks_dir, limit, out_dir):
