@@ -26,6 +26,9 @@ train::MicroStep distillation_step(model::CausalLM& student, model::CausalLM* te
   if (!teacher && corpus.topk() == 0)
     throw UsageError(fmt::format("distill.teacher = corpus, but {} stores no teacher top-K (generate it with "
                                  "generate.store_topk > 0)", corpus.path()));
+  if (!teacher && corpus.vocab_size() > student.config().vocab_size)
+    throw UsageError(fmt::format("corpus file '{}' stores top-K ids of a vocabulary of {} tokens, more than the "
+                                 "student's {}", corpus.path(), corpus.vocab_size(), student.config().vocab_size));
   if (!teacher && settings.temperature != 1.0)
     throw UsageError("distill.temperature must be 1 with distill.teacher = corpus: the stored log-probs are at temperature 1");
   return [&student, teacher, &corpus, settings](const std::vector<int64_t>& samples, double step_tokens) {

@@ -22,18 +22,15 @@ namespace qforge {
 namespace fs = std::filesystem;
 namespace {
 
-io::CorpusIdentity corpus_identity(const QforgeConfig& c, const model::CausalLM& teacher, int64_t num_samples,
-                                   const std::string& tokenizer) {
+io::CorpusIdentity corpus_identity(const QforgeConfig& c, const model::CausalLM& teacher, int64_t num_samples) {
   io::CorpusIdentity identity;
   identity.num_samples = num_samples;
   identity.seq_len = c.generate.seq_len;
   identity.vocab_size = teacher.config().vocab_size;
   identity.topk = c.generate.store_topk;
-  identity.attributes = {{"teacher_config", teacher.config().to_json()},
-                         {"teacher_checksum", model::checkpoint_fingerprint(c.model.path)},
-                         {"tokenizer", tokenizer},
-                         {"generation", c.generate.identity()},
-                         {"qforge_version", version()}};
+  identity.attributes = distill::teacher_attributes(teacher_identity(c.model, teacher));
+  identity.attributes["generation"] = c.generate.identity();
+  identity.attributes["qforge_version"] = version();
   return identity;
 }
 
@@ -106,11 +103,8 @@ int run_generate(CommandContext& context) {
   dist::Runtime& runtime = context.runtime;
   dist::Grid grid(runtime, c.parallel.tp);
   auto teacher = load_model(context, grid);
-  const std::string tokenizer_file = tokenizer_path(c.model);
-  auto tokenizer = tok::load_tokenizer(tokenizer_file);
   distill::CorpusSchedule schedule(s, teacher->config().vocab_size);
-  const io::CorpusIdentity identity = corpus_identity(c, *teacher, schedule.num_samples(),
-                                                      fmt::format("{} ({})", fs::path(tokenizer_file).filename().string(), tokenizer->kind()));
+  const io::CorpusIdentity identity = corpus_identity(c, *teacher, schedule.num_samples());
   if (fs::exists(s.output))
     throw UsageError(fmt::format("{} exists; remove it or choose another generate.output", s.output));
 

@@ -220,6 +220,12 @@ std::string tokenizer_path(const ModelSettings& model) {
                                "set model.tokenizer (or --tokenizer)", model.path));
 }
 
+distill::TeacherIdentity teacher_identity(const ModelSettings& settings, const model::CausalLM& model) {
+  const std::string tokenizer = tokenizer_path(settings);
+  return {settings.path, model.config().to_json(), model::checkpoint_fingerprint(settings.path),
+          fmt::format("{} ({})", fs::path(tokenizer).filename().string(), tok::load_tokenizer(tokenizer)->kind())};
+}
+
 static torch::Device model_device(const CommandContext& context) {
   if (context.config.model.device == "cpu") return torch::kCPU;
   if (!torch::cuda::is_available())

@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "distill/corpus_teacher.h"
 #include "framework/model/transformer.h"
 
 #include <memory>
@@ -16,6 +17,9 @@ std::vector<Command> model_commands();
 // The tokenizer of model.tokenizer, else the model directory's tokenizer.model, tokenizer.bin, tokenizer.json or
 // vocab.json (with merges.txt beside it): tok::tokenizer_in_directory.
 std::string tokenizer_path(const ModelSettings& model);
+// How a corpus records the teacher model.path is (distill/corpus_teacher.h): `model`'s config, the checkpoint's
+// fingerprint and the tokenizer's file name and kind.
+distill::TeacherIdentity teacher_identity(const ModelSettings& settings, const model::CausalLM& model);
 // model.path loaded over the grid's TP group with model.dtype on model.device.
 std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid);
 

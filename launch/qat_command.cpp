@@ -5,7 +5,9 @@
 // (the GPTQ checkpoint format: codes, fp16 scales; weights of 2, 3, 4 or 8 bits) and qat.json.
 #include "launch/model_commands.h"
 
+#include "distill/corpus_teacher.h"
 #include "distill/distillation.h"
+#include "framework/common/checksum.h"
 #include "framework/common/error.h"
 #include "framework/io/corpus.h"
 #include "framework/log/log.h"
@@ -76,6 +78,18 @@ nlohmann::json export_student(CommandContext& context, model::CausalLM& student,
   return sizes;
 }
 
+// What a resumed run must share with its checkpoint beyond the trainer's own keys: the student's quantizers, the
+// model it starts from (and distils from) and how it distils.
+nlohmann::json run_fingerprint(const QforgeConfig& c, const distill::TeacherIdentity& teacher) {
+  nlohmann::json fingerprint = {{"model.checksum", teacher.checksum},
+                                {"model.config", hex64(fnv1a64(teacher.config.dump()))},
+                                {"model.dtype", c.model.dtype},
+                                {"distill.teacher", c.distill.teacher},
+                                {"distill.temperature", c.distill.temperature}};
+  train::add_settings(fingerprint, "quant", c.quant);
+  return fingerprint;
+}
+
 }  // namespace
 
 int run_qat(CommandContext& context) {
@@ -90,6 +104,8 @@ int run_qat(CommandContext& context) {
               "fake-quantized only (output.dir/student), with no gptq/ export", c.quant.bits);
 
   auto student = load_model(context, grid);
+  const distill::TeacherIdentity teacher_id = teacher_identity(c.model, *student);  // --model is the teacher
+  distill::check_corpus_teacher(corpus, teacher_id);
   corpus.check_vocabulary(student->config().vocab_size);
   const quant::AttachReport attached = quant::attach_quantizers(*student, c.quant);
   log::info("student: W-A-KV {} on {} linear layers and {} attention layers ({})", c.quant.bits,
@@ -101,7 +117,8 @@ int run_qat(CommandContext& context) {
   }
 
   train::Trainer trainer(c.train, *student, grid.dp_group(), corpus, distill::distilled_tokens,
-                         (fs::path(c.output.dir) / "checkpoints").string(), config::to_yaml(c));
+                         (fs::path(c.output.dir) / "checkpoints").string(), config::to_yaml(c),
+                         run_fingerprint(c, teacher_id));
   if (context.line.options.count("resume")) trainer.resume();
   log::info("qat: {} steps of {} samples ({} epoch(s) of {}), teacher from {}", trainer.total_steps(),
             c.train.global_batch, c.train.epochs, corpus.path(), c.distill.teacher);
@@ -115,8 +132,8 @@ int run_qat(CommandContext& context) {
   if (!result.losses.empty()) report["first_loss"] = result.losses.front();  // of this run (not of a resumed one)
   report["sizes"] = export_student(context, *student, grid);
   if (context.runtime.rank() == 0)
-    std::printf("qat: %lld steps, distillation loss %.4f -> %.4f; student in %s\n", static_cast<long long>(result.steps_done),
-                result.losses.empty() ? result.last_loss : result.losses.front(), result.last_loss,
+    std::printf("qat: %lld steps, distillation loss %.4f -> %.4f; student in %s\n",
+                static_cast<long long>(result.steps_done), result.losses.empty() ? result.last_loss : result.losses.front(), result.last_loss,
                 (fs::path(c.output.dir) / "student").c_str());
   write_outputs(context, "qat.json", report.dump(2) + "\n");
   return 0;

@@ -1,6 +1,6 @@
 // The synthetic corpus of data-free generation: journals (round trip, duplicates, every torn tail, identity
-// checks), the final HDF5 file against an independent h5py reader, bad and incomplete files, the reader's epoch
-// order and vocabulary check, and journals from 2 MPI ranks joined into one file.
+// checks), the final HDF5 file against an independent h5py reader, bad and incomplete files, top-K values out of
+// range, the reader's epoch order and vocabulary check, and journals from 2 MPI ranks joined into one file.
 #include "framework/common/error.h"
 #include "framework/dist/runtime.h"
 #include "framework/io/corpus.h"
@@ -561,6 +561,63 @@ TEST_F(CorpusTest, IncompleteFileIsAnError) {
   EXPECT_NE(message.find(path.string()), std::string::npos) << message;
   EXPECT_NE(message.find("incomplete"), std::string::npos) << message;
   EXPECT_NE(message.find("42"), std::string::npos) << message;
+}
+
+// Overwrites one value of "topk_ids" or "topk_logprobs", as a file from another tool or a damaged one may hold it.
+void overwrite_topk(const fs::path& path, const char* dataset_name, hsize_t sample, hsize_t position, hid_t type,
+                    const void* value) {
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  const hid_t dataset = H5Dopen2(file, dataset_name, H5P_DEFAULT);
+  const hid_t space = H5Dget_space(dataset);
+  const hsize_t start[3] = {sample, position, 1}, count[3] = {1, 1, 1};
+  ASSERT_GE(H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, count, nullptr), 0);
+  const hid_t memory = H5Screate_simple(3, count, nullptr);
+  ASSERT_GE(H5Dwrite(dataset, type, memory, space, H5P_DEFAULT, value), 0);
+  H5Sclose(memory);
+  H5Sclose(space);
+  H5Dclose(dataset);
+  ASSERT_GE(H5Fclose(file), 0);
+}
+
+TEST_F(CorpusTest, TopKOutsideTheVocabularyOrAboveZeroIsAnErrorNamingSampleAndPosition) {
+  const CorpusIdentity identity = make_identity(20, 8, 500, 1234, "sha256:0f3a", 3);
+  const fs::path good = dir_ / "good.h5";
+  write_corpus_file(good.string(), identity, all_samples(identity), all_topk(identity));
+  const int32_t outside = 503;
+  const float positive = 0.25f, nan = std::numeric_limits<float>::quiet_NaN(),
+              infinite = -std::numeric_limits<float>::infinity();
+  struct Case {
+    const char* dataset;
+    hid_t type;
+    const void* value;
+    const char* says;
+  };
+  // Sample 3 has 6 tokens: positions 0..4 predict one; sample 6 has 3 tokens: positions 0..1.
+  const std::vector<Case> cases = {
+      {"topk_ids", H5T_NATIVE_INT32, &outside, "top-K id 503, outside the vocabulary 0..499"},
+      {"topk_logprobs", H5T_NATIVE_FLOAT, &positive, "log-probability 0.25"},
+      {"topk_logprobs", H5T_NATIVE_FLOAT, &nan, "log-probability nan"},
+      {"topk_logprobs", H5T_NATIVE_FLOAT, &infinite, "log-probability -inf"}};
+  for (const Case& c : cases) {
+    for (const auto& [sample, position] : std::vector<std::pair<hsize_t, hsize_t>>{{3, 4}, {6, 1}}) {
+      SCOPED_TRACE(fmt::format("{} at sample {}, position {}", c.dataset, sample, position));
+      const fs::path bad = dir_ / "bad.h5";
+      fs::copy_file(good, bad, fs::copy_options::overwrite_existing);
+      overwrite_topk(bad, c.dataset, sample, position, c.type, c.value);
+      const CorpusReader reader(bad.string());
+      reader.topk_batch({0, 1, 2});  // the other samples read as before
+      const std::string message = error_of([&] { reader.topk_batch({0, static_cast<int64_t>(sample)}); });
+      for (const std::string& expected : {bad.string(), fmt::format("sample {}, position {}", sample, position),
+                                          std::string(c.says)})
+        EXPECT_NE(message.find(expected), std::string::npos) << message;
+    }
+  }
+  // Past position length-2 the file holds id 0 and -inf by design; another id there predicts nothing.
+  const fs::path padded = dir_ / "padded.h5";
+  fs::copy_file(good, padded);
+  overwrite_topk(padded, "topk_ids", 6, 2, H5T_NATIVE_INT32, &outside);
+  CorpusReader(padded.string()).topk_batch({6});
 }
 
 // ---- reader --------------------------------------------------------------------------------------------------

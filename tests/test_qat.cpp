@@ -1,8 +1,11 @@
 // LLM-QAT end to end in one process group: a W4-A8-KV4 student with fake quantizers learns from a teacher by
 // the vocabulary-parallel distillation loss under the trainer. After a few steps every TP x DP grid the world
 // allows gives the weights of a single process, with the teacher run in the job and with its top-K read from
-// the corpus file; distillation pulls a student towards its teacher either way.
+// the corpus file; distillation pulls a student towards its teacher either way; a corpus of another teacher is
+// refused.
+#include "distill/corpus_teacher.h"
 #include "distill/distillation.h"
+#include "framework/common/error.h"
 #include "framework/dist/runtime.h"
 #include "framework/io/corpus.h"
 #include "framework/model/parallel.h"
@@ -132,6 +135,57 @@ TEST_F(QatTest, DistillationPullsAStudentTowardsItsTeacher) {
     const double first = (run.losses[0] + run.losses[1]) / 2, last = (run.losses[10] + run.losses[11]) / 2;
     EXPECT_LT(last, first - 0.02) << "teacher " << teacher << ": losses " << first << " -> " << last;
   }
+}
+
+// qat refuses a corpus that records another teacher than --model, naming the corpus, the key and both values.
+TEST_F(QatTest, CorpusOfAnotherTeacherIsRefused) {
+  const TeacherIdentity teacher{"/models/teacher", student_config().to_json(), "0123456789abcdef",
+                                "tokenizer.bin (llama2c)"};
+  const std::string path = (dir_.path() / "teacher.h5").string();
+  if (runtime().rank() == 0) {
+    io::CorpusIdentity identity;
+    identity.num_samples = 4;
+    identity.seq_len = 4;
+    identity.vocab_size = student_config().vocab_size;
+    identity.attributes = teacher_attributes(teacher);
+    identity.attributes["generation"] = {{"seed", 3}};
+    io::write_corpus_file(path, identity, {{0, {1, 2}}, {1, {3}}, {2, {4, 5, 6}}, {3, {7}}});
+  }
+  runtime().world().barrier();
+  const io::CorpusReader corpus(path);
+  check_corpus_teacher(corpus, teacher);  // its own teacher
+  check_corpus_teacher(io::CorpusReader(corpus_), teacher);  // a corpus that records no teacher: a warning only
+
+  auto refusal = [&](const TeacherIdentity& other) {
+    try {
+      check_corpus_teacher(corpus, other);
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  TeacherIdentity other = teacher;
+  other.path = "/models/other";
+  other.config["hidden_size"] = student_config().hidden_size + 16;
+  other.checksum = "fedcba9876543210";
+  const std::string config_message = refusal(other);
+  other.config = teacher.config;
+  const std::string checksum_message = refusal(other);
+  other.tokenizer = "tokenizer.model (sentencepiece)";
+  const std::string tokenizer_message = refusal(other);
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {config_message,
+       {fmt::format("teacher_config.hidden_size is {}, the model's is {}", student_config().hidden_size,
+                    student_config().hidden_size + 16)}},
+      {checksum_message, {"teacher_checksum is \"0123456789abcdef\", the model's is \"fedcba9876543210\""}},
+      {tokenizer_message,
+       {"tokenizer is \"tokenizer.bin (llama2c)\", the model's is \"tokenizer.model (sentencepiece)\""}}};
+  for (const auto& [message, expected] : cases) {
+    EXPECT_NE(message.find(fmt::format("corpus file '{}'", path)), std::string::npos) << message;
+    EXPECT_NE(message.find("--model '/models/other'"), std::string::npos) << message;
+    for (const std::string& text : expected) EXPECT_NE(message.find(text), std::string::npos) << message;
+  }
+  if (runtime().rank() == 0) std::printf("refused: %s\n", config_message.c_str());
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // The trainer (framework/train): AdamW against torch's own, the learning-rate schedules in closed form, and
 // training runs that must not depend on the parallel layout: after a few steps every TP x DP grid the world
 // allows gives the weights of a single-process run; a stop signal saves a checkpoint and the resumed run ends
-// bit for bit where an uninterrupted one does; recomputing activations gives the same gradients.
+// bit for bit where an uninterrupted one does; a resume is refused under other settings or inputs and falls back
+// past a damaged checkpoint (XXH64, checked against known values); recomputing activations gives the same gradients.
+#include "framework/common/checksum.h"
 #include "framework/common/error.h"
 #include "framework/dist/runtime.h"
 #include "framework/io/corpus.h"
@@ -14,8 +16,11 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <csignal>
 #include <filesystem>
+#include <functional>
 #include <random>
 
 namespace qforge::train {
@@ -32,14 +37,14 @@ constexpr double kWeightAbsTol = 2e-5;
 constexpr double kAdamRelTol = 1e-6;  // our AdamW against torch::optim::AdamW, same fp32 operations
 
 // 48 samples of random tokens with lengths 5..16.
-std::string write_corpus(const fs::path& dir, int64_t vocab) {
-  const std::string path = (dir / "corpus.h5").string();
+std::string write_corpus(const fs::path& dir, int64_t vocab, const std::string& name = "corpus.h5", int seed = 5) {
+  const std::string path = (dir / name).string();
   if (runtime().rank() == 0) {
     io::CorpusIdentity identity;
     identity.num_samples = 48;
     identity.seq_len = 16;
     identity.vocab_size = vocab;
-    std::mt19937_64 rng(5);
+    std::mt19937_64 rng(seed);
     std::map<int64_t, std::vector<int32_t>> samples;
     for (int64_t i = 0; i < identity.num_samples; ++i) {
       std::vector<int32_t> tokens(5 + rng() % 12);
@@ -80,11 +85,12 @@ TrainSettings small_settings() {
 }
 
 std::map<std::string, torch::Tensor> train_on(dist::Communicator& tp, dist::Communicator& dp, const TrainSettings& s,
-                                              const std::string& corpus_path, const std::string& checkpoint_dir = "") {
+                                              const std::string& corpus_path, const std::string& checkpoint_dir = "",
+                                              const nlohmann::json& run = nlohmann::json::object()) {
   CausalLM model(model::llama(4, 4, false), tp);
   model::init_random(model, 3, 0.1);
   io::CorpusReader corpus(corpus_path);
-  Trainer trainer(s, model, dp, corpus, [](int64_t length) { return length - 1; }, checkpoint_dir, "");
+  Trainer trainer(s, model, dp, corpus, [](int64_t length) { return length - 1; }, checkpoint_dir, "", run);
   trainer.resume();
   TrainResult result = trainer.run(next_token_loss(model, corpus));
   EXPECT_EQ(result.steps_done, s.max_steps);
@@ -133,6 +139,32 @@ TEST(AdamW, GradientNormCountsReplicatedParametersOnce) {
   b.mutable_grad() = torch::full({4}, 2.0);
   const double world = runtime().size();
   EXPECT_NEAR(optimizer.reduce_gradients(), std::sqrt(3 * world * world + 16 * world * world), 1e-9);
+}
+
+TEST(Checksum, Xxh64KnownValuesInAnyPiecesAndFiles) {
+  EXPECT_EQ(xxh64("", 0), 0xEF46DB3751D8E999ULL);
+  EXPECT_EQ(xxh64("a", 1), 0xD24EC4F1A98C6E5BULL);
+  EXPECT_EQ(xxh64("abc", 3), 0x44BC2CF5AD770999ULL);
+  std::string bytes(1000, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 7 + 3) % 256);
+  // The low 32 bits are what `zstd --check` stores as a frame's content checksum (checked with zstd 1.5).
+  EXPECT_EQ(xxh64(bytes.data(), 1000) & 0xFFFFFFFFULL, 0x33F1A3FBULL);
+  EXPECT_EQ(xxh64(bytes.data(), 37) & 0xFFFFFFFFULL, 0x02F5A3FDULL);
+  for (size_t piece : {1, 3, 8, 31, 32, 33, 100, 999}) {
+    Xxh64 state;
+    for (size_t at = 0; at < bytes.size(); at += piece)
+      state.update(bytes.data() + at, std::min(piece, bytes.size() - at));
+    EXPECT_EQ(state.digest(), xxh64(bytes.data(), bytes.size())) << "pieces of " << piece;
+  }
+  EXPECT_EQ(fnv1a64("a"), 0x44BD8AD473CD9906ULL);  // (offset ^ 'a') * FNV prime, with qforge's offset
+  EXPECT_EQ(fnv1a64("a", 14695981039346656037ULL), 0xAF63DC4C8601EC8CULL);  // FNV's published test vector
+  const fs::path file = fs::temp_directory_path() / fmt::format("qforge_checksum_{}_{}", ::getpid(), runtime().rank());
+  test::write_bytes(file, bytes);
+  const FileChecksum sum = checksum_file(file.string());
+  EXPECT_EQ(sum.bytes, 1000);
+  EXPECT_EQ(sum.xxh64, xxh64(bytes.data(), bytes.size()));
+  fs::remove(file);
+  EXPECT_NE(test::error_of([&] { checksum_file(file.string()); }).find(file.string()), std::string::npos);
 }
 
 TEST(Schedule, ClosedForms) {
@@ -222,9 +254,122 @@ TEST(Trainer, ResumeRefusesAnotherLayout) {
     trainer.resume();
     ADD_FAILURE() << "resumed under another layout";
   } catch (const UsageError& e) {
-    EXPECT_NE(std::string(e.what()).find("trainer_state.json"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("tp"), std::string::npos) << e.what();
+    const std::string expected = fmt::format("parallel.dp: the checkpoint was trained with {}, this run has {}",
+                                             runtime().size(), runtime().size() / 2);
+    EXPECT_NE(std::string(e.what()).find("step-00000001"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
   }
+}
+
+// Resuming under other settings or inputs is refused, naming the first differing key and both values.
+TEST(Trainer, ResumeRefusesOtherSettingsAndInputs) {
+  SharedDir dir("fingerprint");
+  const std::string corpus = write_corpus(dir.path(), 250);
+  const std::string other_corpus = write_corpus(dir.path(), 250, "other.h5", 6);  // the same size, other tokens
+  TrainSettings s = small_settings();
+  s.max_steps = 2;
+  const std::string checkpoints = (dir.path() / "checkpoints").string();
+  const nlohmann::json w4 = {{"quant.bits", "4-8-4"}};
+  dist::Grid grid(runtime(), 1);
+  train_on(grid.tp_group(), grid.dp_group(), s, corpus, checkpoints, w4);
+  auto resume_with = [&](const TrainSettings& settings, const std::string& corpus_path, const nlohmann::json& run) {
+    CausalLM model(model::llama(4, 4, false), grid.tp_group());
+    io::CorpusReader reader(corpus_path);
+    Trainer trainer(settings, model, grid.dp_group(), reader, [](int64_t length) { return length - 1; }, checkpoints,
+                    "", run);
+    try {
+      EXPECT_TRUE(trainer.resume());
+      EXPECT_EQ(trainer.steps_done(), 2);
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(resume_with(s, corpus, w4), "") << "the same settings and inputs resume";
+  std::vector<std::pair<std::string, std::string>> cases;  // message, what it must say
+  cases.emplace_back(resume_with(s, corpus, {{"quant.bits", "8-8-8"}}),
+                     "quant.bits: the checkpoint was trained with 4-8-4, this run has 8-8-8");
+  TrainSettings other = s;
+  other.lr = 2e-3;
+  cases.emplace_back(resume_with(other, corpus, w4),
+                     "train.lr: the checkpoint was trained with 0.001, this run has 0.002");
+  other = s;
+  other.max_steps = 3;
+  cases.emplace_back(resume_with(other, corpus, w4),
+                     "train.max_steps: the checkpoint was trained with 2, this run has 3");
+  other = s;
+  other.seed = 1;
+  cases.emplace_back(resume_with(other, corpus, w4), "train.seed: the checkpoint was trained with 0, this run has 1");
+  const std::string corpus_message = resume_with(s, other_corpus, w4);
+  cases.emplace_back(corpus_message, "corpus.checksum: the checkpoint was trained with ");
+  cases.emplace_back(corpus_message, fmt::format("corpus was '{}', this run's is '{}'", corpus, other_corpus));
+  cases.emplace_back(resume_with(s, corpus, nlohmann::json::object()), "quant.bits: the checkpoint was trained with "
+                                                                        "4-8-4, this run has (absent)");
+  for (const auto& [message, expected] : cases) {
+    EXPECT_NE(message.find(expected), std::string::npos) << message;
+    EXPECT_NE(message.find("step-00000002"), std::string::npos) << message;
+  }
+  if (runtime().rank() == 0) std::printf("refused: %s\n", cases.front().first.c_str());
+}
+
+// Flips the sign bit of the last `count` fp32 values of a safetensors file (its data ends the file).
+void flip_sign_bits(const fs::path& path, int count) {
+  std::string bytes = test::slurp(path);
+  for (int i = 0; i < count; ++i) bytes[bytes.size() - 1 - 4 * i] ^= static_cast<char>(0x80);
+  test::write_bytes(path, bytes);
+}
+
+// A damaged checkpoint (sign bits flipped in an optimizer shard, an edited trainer_state.json) is skipped with a
+// warning and the previous one resumed, bit for bit; an unfinished save is skipped; with none intact, one Error.
+TEST(Trainer, DamagedCheckpointFallsBackToThePreviousOne) {
+  SharedDir dir("damaged");
+  const std::string corpus = write_corpus(dir.path(), 250);
+  TrainSettings s = small_settings();
+  s.save_every = 1;  // keep_checkpoints 2: steps 3 and 4 stay
+  const int tp = model::tp_sizes().back() >= 2 ? 2 : 1;
+  dist::Grid grid(runtime(), tp);
+  const auto uninterrupted = train_on(grid.tp_group(), grid.dp_group(), s, corpus);
+  const fs::path checkpoints = dir.path() / "checkpoints";
+  train_on(grid.tp_group(), grid.dp_group(), s, corpus, checkpoints.string());
+  const fs::path step3 = checkpoints / "step-00000003", step4 = checkpoints / "step-00000004";
+  const std::string shard = "optimizer-tp00-dp000.safetensors";
+  auto on_rank0 = [](const std::function<void()>& damage) {
+    if (runtime().rank() == 0) damage();
+    runtime().world().barrier();
+  };
+  auto resumed_step = [&](bool finish) {
+    CausalLM model(model::llama(4, 4, false), grid.tp_group());
+    model::init_random(model, 3, 0.1);
+    io::CorpusReader reader(corpus);
+    Trainer trainer(s, model, grid.dp_group(), reader, [](int64_t length) { return length - 1; },
+                    checkpoints.string(), "");
+    trainer.resume();
+    const int64_t step = trainer.steps_done();
+    if (finish) {
+      trainer.run(next_token_loss(model, reader));
+      expect_same_weights(model::gathered_weights(model), uninterrupted, 0.0, "resumed after a damaged checkpoint");
+    }
+    return step;
+  };
+
+  on_rank0([&] { flip_sign_bits(step4 / shard, 3); });
+  EXPECT_EQ(resumed_step(true), 3) << "sign bits flipped in step 4's optimizer shard: step 3 resumes";
+  on_rank0([&] {  // step 4 was saved again by the run above
+    std::string state = test::slurp(step4 / "trainer_state.json");
+    const size_t at = state.find("\"step\": 4");
+    ASSERT_NE(at, std::string::npos) << state;
+    state.replace(at, 9, "\"step\": 1");
+    test::write_bytes(step4 / "trainer_state.json", state);
+  });
+  EXPECT_EQ(resumed_step(false), 3) << "an edited trainer_state.json: step 3 resumes";
+  on_rank0([&] { fs::remove(step4 / "manifest.json"); });
+  EXPECT_EQ(resumed_step(false), 3) << "a save that did not finish: step 3 resumes";
+  on_rank0([&] { flip_sign_bits(step3 / shard, 1); });
+  const std::string message = test::error_of([&] { resumed_step(false); });
+  for (const std::string& expected : {std::string("no intact checkpoint under ") + checkpoints.string(),
+                                      (step3 / shard).string(), std::string("does not match its checksum")})
+    EXPECT_NE(message.find(expected), std::string::npos) << message;
+  if (runtime().rank() == 0) std::printf("no checkpoint left: %s\n", message.c_str());
 }
 
 TEST(Trainer, RecomputationGivesTheSameGradients) {

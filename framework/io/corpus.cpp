@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -862,8 +863,23 @@ std::pair<torch::Tensor, torch::Tensor> CorpusReader::topk_batch(const std::vect
         check_status(H5Dread(dataset, H5T_NATIVE_FLOAT, memory.get(), space.get(), H5P_DEFAULT,
                              logprobs.data_ptr<float>() + i * row), "H5Dread(topk_logprobs)", path_);
     }
+    check_topk_values(index, ids.data_ptr<int64_t>() + i * row, logprobs.data_ptr<float>() + i * row);
   }
   return {ids, logprobs};
+}
+
+// The positions that predict a token (0 .. length-2) must hold ids of the vocabulary, or the loss would index
+// outside the logits, and log-probabilities, finite and at most 0.
+void CorpusReader::check_topk_values(int64_t index, const int64_t* ids, const float* logprobs) const {
+  const int64_t values = (lengths_[static_cast<size_t>(index)] - 1) * topk();
+  for (int64_t j = 0; j < values; ++j) {
+    if (ids[j] < 0 || ids[j] >= vocab_size())
+      throw Error(fmt::format("corpus file '{}': sample {}, position {} holds teacher top-K id {}, outside the "
+                              "vocabulary 0..{}", path_, index, j / topk(), ids[j], vocab_size() - 1));
+    if (!(logprobs[j] <= 0.0f) || std::isinf(logprobs[j]))
+      throw Error(fmt::format("corpus file '{}': sample {}, position {} holds teacher top-K log-probability {}; a "
+                              "log-probability must be finite and at most 0", path_, index, j / topk(), logprobs[j]));
+  }
 }
 
 }  // namespace qforge::io

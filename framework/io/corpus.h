@@ -153,10 +153,12 @@ class CorpusReader {
   std::pair<torch::Tensor, torch::Tensor> batch(const std::vector<int64_t>& indices) const;
   // The teacher's top-K of the given samples: ids [batch, seq_len, K] (int64) and log-probs [batch, seq_len, K]
   // (float32; position t predicts token t+1; id 0 and -inf at length-1 and past it). An Error naming the file
-  // when it stores none (topk() == 0).
+  // when it stores none (topk() == 0), and naming the file, the sample and the position for an id outside
+  // 0..vocab_size-1 or a log-probability that is not finite and at most 0 before position length-1.
   std::pair<torch::Tensor, torch::Tensor> topk_batch(const std::vector<int64_t>& indices) const;
 
  private:
+  void check_topk_values(int64_t index, const int64_t* ids, const float* logprobs) const;
   void read_identity();
   void read_lengths_and_completeness();
 

@@ -1,6 +1,7 @@
 #include "framework/model/checkpoint_io.h"
 
 #include "framework/common/atomic_file.h"
+#include "framework/common/checksum.h"
 #include "framework/common/error.h"
 #include "framework/common/shape_text.h"
 #include "framework/io/checkpoint_writer.h"
@@ -83,9 +84,9 @@ std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communic
 
 std::string checkpoint_fingerprint(const std::string& dir) {
   io::Checkpoint checkpoint(dir);
-  uint64_t hash = 1469598103934665603ULL;
+  uint64_t hash = kFnv1aOffset;
   auto mix = [&hash](const void* data, std::size_t size) {
-    for (std::size_t i = 0; i < size; ++i) hash = (hash ^ static_cast<const unsigned char*>(data)[i]) * 1099511628211ULL;
+    hash = fnv1a64(std::string_view(static_cast<const char*>(data), size), hash);
   };
   for (const std::string& name : checkpoint.names()) {
     const io::TensorInfo& info = checkpoint.info(name);

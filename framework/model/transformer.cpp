@@ -1,5 +1,6 @@
 #include "framework/model/transformer.h"
 
+#include "framework/common/checksum.h"
 #include "framework/common/error.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -25,11 +26,7 @@ std::pair<torch::Tensor, torch::Tensor> rotary_tables(const torch::Tensor& posit
   return {angles.cos(), angles.sin()};
 }
 
-uint64_t fnv1a(const std::string& text, uint64_t seed) {
-  uint64_t hash = 1469598103934665603ULL ^ seed;
-  for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ULL;
-  return hash;
-}
+uint64_t fnv1a(const std::string& text, uint64_t seed) { return fnv1a64(text, kFnv1aOffset ^ seed); }
 
 std::string layer_prefix(const ModelConfig& c, int64_t i) {
   return c.family == Family::kLlama ? fmt::format("model.layers.{}.", i) : fmt::format("model.decoder.layers.{}.", i);

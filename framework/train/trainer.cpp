@@ -1,6 +1,7 @@
 #include "framework/train/trainer.h"
 
 #include "framework/common/atomic_file.h"
+#include "framework/common/checksum.h"
 #include "framework/common/error.h"
 #include "framework/config/settings.h"
 #include "framework/io/checkpoint_writer.h"
@@ -13,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -56,7 +58,9 @@ constexpr const char* kLatestFile = "latest";
 constexpr const char* kStateFile = "trainer_state.json";
 
 std::string step_dir_name(int64_t step) { return fmt::format("step-{:08d}", step); }
-std::string model_file_name(int tp_rank, int tp) { return fmt::format("model-tp{:02d}-of-{:02d}.safetensors", tp_rank, tp); }
+std::string model_file_name(int tp_rank, int tp) {
+  return fmt::format("model-tp{:02d}-of-{:02d}.safetensors", tp_rank, tp);
+}
 std::string optimizer_file_name(int tp_rank, int dp_rank) {
   return fmt::format("optimizer-tp{:02d}-dp{:03d}.safetensors", tp_rank, dp_rank);
 }
@@ -94,7 +98,8 @@ struct Trainer::State {
 };
 
 Trainer::Trainer(TrainSettings settings, model::CausalLM& model, dist::Communicator& dp, const io::CorpusReader& corpus,
-                 std::function<int64_t(int64_t)> tokens_of, std::string checkpoint_dir, std::string resolved_config)
+                 std::function<int64_t(int64_t)> tokens_of, std::string checkpoint_dir, std::string resolved_config,
+                 json run_fingerprint)
     : settings_(std::move(settings)),
       tp_(model.tp()),
       dp_(dp),
@@ -102,6 +107,7 @@ Trainer::Trainer(TrainSettings settings, model::CausalLM& model, dist::Communica
       tokens_of_(std::move(tokens_of)),
       checkpoint_dir_(std::move(checkpoint_dir)),
       resolved_config_(std::move(resolved_config)),
+      run_fingerprint_(std::move(run_fingerprint)),
       state_(std::make_unique<State>()) {
   const int64_t per_pass = dp.size() * settings_.micro_batch;
   if (settings_.global_batch % per_pass != 0)
@@ -183,7 +189,7 @@ TrainResult Trainer::run(const MicroStep& micro_step) {
   double tokens_run = 0;
   while (state_->steps_done < total_steps_) {
     if (stop_requested()) {
-      log::warn(fmt::format("stop signal received: saving a checkpoint of step {} of {}", state_->steps_done, total_steps_));
+      log::warn("stop signal received: saving a checkpoint of step {} of {}", state_->steps_done, total_steps_);
       save_checkpoint();
       result.stopped = true;
       break;
@@ -194,7 +200,8 @@ TrainResult Trainer::run(const MicroStep& micro_step) {
     ++state_->steps_done;
     tokens_run += tokens;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    progress.set_detail(fmt::format("loss {:.4f}, {:.0f} tokens/s", state_->last_loss, tokens_run / std::max(seconds, 1e-9)));
+    progress.set_detail(
+        fmt::format("loss {:.4f}, {:.0f} tokens/s", state_->last_loss, tokens_run / std::max(seconds, 1e-9)));
     progress.update(state_->steps_done);
     const bool periodic = settings_.save_every > 0 && state_->steps_done % settings_.save_every == 0;
     if (periodic || state_->steps_done == total_steps_) save_checkpoint();
@@ -207,32 +214,116 @@ TrainResult Trainer::run(const MicroStep& micro_step) {
 // ---- checkpoints ---------------------------------------------------------------------------------------------
 //
 // <checkpoint_dir>/step-NNNNNNNN/ holds one model file per TP rank (written by DP rank 0, for people and tools;
-// resuming needs only the rest), one optimizer file per rank, trainer_state.json and the resolved config; <checkpoint_dir>/latest names the newest complete one and is
-// written last, so a crash while saving leaves the previous checkpoint in charge.
+// resuming needs only the rest), one optimizer file per rank, trainer_state.json, the resolved config and
+// manifest.json, written last: every file's size and XXH64 and the run's fingerprint. A step directory without a
+// manifest is a save that did not finish. <checkpoint_dir>/latest names the newest complete checkpoint, for people.
+
+nlohmann::json Trainer::fingerprint() {
+  if (corpus_checksum_.empty()) {  // one rank reads the corpus file; DP then TP broadcasts reach every rank
+    torch::Tensor value = torch::zeros({1}, torch::kLong);
+    if (tp_.rank() == 0 && dp_.rank() == 0) {
+      const uint64_t hash = checksum_file(corpus_.path()).xxh64;
+      std::memcpy(value.data_ptr<int64_t>(), &hash, sizeof hash);
+    }
+    dp_.broadcast(value, 0);
+    tp_.broadcast(value, 0);
+    uint64_t hash = 0;
+    std::memcpy(&hash, value.data_ptr<int64_t>(), sizeof hash);
+    corpus_checksum_ = hex64(hash);
+  }
+  json f = run_fingerprint_;
+  f["parallel.tp"] = tp_.size();
+  f["parallel.dp"] = dp_.size();
+  f["train.zero"] = settings_.zero;
+  f["train.bucket_sizes"] = state_->optimizer->bucket_sizes();
+  f["train.global_batch"] = settings_.global_batch;
+  f["train.micro_batch"] = settings_.micro_batch;
+  f["train.epochs"] = settings_.epochs;
+  f["train.max_steps"] = settings_.max_steps;
+  f["train.lr"] = settings_.lr;
+  f["train.min_lr"] = settings_.min_lr;
+  f["train.schedule"] = settings_.schedule;
+  f["train.warmup_steps"] = settings_.warmup_steps;
+  f["train.weight_decay"] = settings_.weight_decay;
+  f["train.beta1"] = settings_.beta1;
+  f["train.beta2"] = settings_.beta2;
+  f["train.eps"] = settings_.eps;
+  f["train.max_grad_norm"] = settings_.max_grad_norm;
+  f["train.seed"] = settings_.seed;
+  f["corpus.num_samples"] = corpus_.num_samples();
+  f["corpus.checksum"] = corpus_checksum_;
+  return f;
+}
+
+std::string Trainer::first_problem(const std::string& mine) {
+  constexpr int64_t kWidth = 1024;  // bytes per rank; a longer text is cut
+  torch::Tensor bytes = torch::zeros({kWidth}, torch::kUInt8);
+  std::memcpy(bytes.data_ptr<uint8_t>(), mine.data(), std::min<size_t>(mine.size(), kWidth - 1));
+  const torch::Tensor all = dp_.all_gather(tp_.all_gather(bytes, 0), 0).contiguous();
+  for (int64_t rank = 0; rank < all.numel() / kWidth; ++rank) {
+    const auto* text = reinterpret_cast<const char*>(all.data_ptr<uint8_t>() + rank * kWidth);
+    if (text[0] != '\0') return std::string(text);
+  }
+  return "";
+}
 
 void Trainer::save_checkpoint() {
   if (checkpoint_dir_.empty()) return;
+  CheckpointManifest manifest;
+  manifest.fingerprint = fingerprint();
+  manifest.step = state_->steps_done;
   const fs::path dir = fs::path(checkpoint_dir_) / step_dir_name(state_->steps_done);
+  const bool leader = tp_.rank() == 0 && dp_.rank() == 0;
+  std::error_code ignored;
+  if (leader) fs::remove(dir / kManifestFile, ignored);  // an earlier save of this step never vouches for new files
   const std::map<std::string, std::string> metadata{{"step", std::to_string(state_->steps_done)}};
+  std::vector<std::string> written;
   if (dp_.rank() == 0) {
     std::vector<std::pair<std::string, torch::Tensor>> params;
     for (const OptimizedParameter& p : state_->params) params.emplace_back(p.name, p.param.detach().to(torch::kCPU));
-    io::save_safetensors_file((dir / model_file_name(tp_.rank(), tp_.size())).string(), params, metadata);
+    written.push_back(model_file_name(tp_.rank(), tp_.size()));
+    io::save_safetensors_file((dir / written.back()).string(), params, metadata);
   }
   auto optimizer_state = state_->optimizer->state();
   for (auto& [name, tensor] : optimizer_state) tensor = tensor.to(torch::kCPU);
-  io::save_safetensors_file((dir / optimizer_file_name(tp_.rank(), dp_.rank())).string(), optimizer_state, metadata);
-  tp_.barrier();
-  dp_.barrier();
-  if (tp_.rank() != 0 || dp_.rank() != 0) return;
+  written.push_back(optimizer_file_name(tp_.rank(), dp_.rank()));
+  io::save_safetensors_file((dir / written.back()).string(), optimizer_state, metadata);
+
+  // Each rank checksums what it wrote; the leader collects every rank's "name bytes xxh64" lines.
+  std::string lines;
+  for (const std::string& name : written) {
+    const FileChecksum sum = checksum_file((dir / name).string());
+    lines += fmt::format("{} {} {}\n", name, sum.bytes, sum.xxh64);
+  }
+  constexpr int64_t kWidth = 512;
+  torch::Tensor bytes = torch::zeros({kWidth}, torch::kUInt8);
+  QF_CHECK(static_cast<int64_t>(lines.size()) < kWidth, "checkpoint file list too long");
+  std::memcpy(bytes.data_ptr<uint8_t>(), lines.data(), lines.size());
+  const torch::Tensor all = dp_.all_gather(tp_.all_gather(bytes, 0), 0).contiguous();  // every file is written now
+  if (!leader) return;
+  for (int64_t rank = 0; rank < all.numel() / kWidth; ++rank) {
+    std::istringstream in(std::string(reinterpret_cast<const char*>(all.data_ptr<uint8_t>() + rank * kWidth)));
+    ManifestEntry entry;
+    while (in >> entry.name >> entry.bytes >> entry.xxh64) manifest.files.push_back(entry);
+  }
   json state = {{"step", state_->steps_done},      {"total_steps", total_steps_},
                 {"tp", tp_.size()},                {"dp", dp_.size()},
                 {"zero", settings_.zero},          {"bucket_sizes", state_->optimizer->bucket_sizes()},
                 {"global_batch", settings_.global_batch}, {"corpus", corpus_.path()},
                 {"corpus_samples", corpus_.num_samples()}, {"loss", state_->last_loss},
                 {"complete", state_->steps_done == total_steps_}};
+  std::vector<std::string> leader_files{kStateFile};
   write_file_atomically((dir / kStateFile).string(), state.dump(2) + "\n");
-  if (!resolved_config_.empty()) write_file_atomically((dir / config::kResolvedConfigName).string(), resolved_config_);
+  if (!resolved_config_.empty()) {
+    write_file_atomically((dir / config::kResolvedConfigName).string(), resolved_config_);
+    leader_files.push_back(config::kResolvedConfigName);
+  }
+  for (const std::string& name : leader_files) {
+    const FileChecksum sum = checksum_file((dir / name).string());
+    manifest.files.push_back({name, sum.bytes, sum.xxh64});
+  }
+  manifest.inputs = {{"corpus.path", corpus_.path()}};
+  write_manifest(dir.string(), manifest);
   write_file_atomically((fs::path(checkpoint_dir_) / kLatestFile).string(), step_dir_name(state_->steps_done) + "\n");
   log::info(fmt::format("checkpoint of step {} saved to {}", state_->steps_done, dir.string()));
 
@@ -243,52 +334,98 @@ void Trainer::save_checkpoint() {
   for (size_t i = 0; i + settings_.keep_checkpoints < steps.size(); ++i) fs::remove_all(steps[i]);
 }
 
-namespace {
-
-// The checkpoint's trainer_state.json must describe this job's layout: the optimizer shards depend on it.
-void check_layout(const json& saved, const fs::path& file, const std::vector<std::pair<std::string, json>>& expected) {
-  for (const auto& [key, value] : expected) {
-    if (!saved.contains(key))
-      throw Error(fmt::format("checkpoint state '{}' has no '{}'; expected {}", file.string(), key, value.dump()));
-    if (saved[key] != value)
-      throw UsageError(fmt::format("cannot resume from '{}': it was saved with {} = {}, this job has {}", file.string(),
-                                   key, saved[key].dump(), value.dump()));
+std::string Trainer::check_checkpoint(const std::string& dir, const json& current, CheckpointManifest& manifest) {
+  std::string problem;
+  try {
+    manifest = read_manifest(dir);
+    if (step_dir_name(manifest.step) != fs::path(dir).filename().string())
+      problem = fmt::format("its manifest records step {}", manifest.step);
+  } catch (const Error& e) {
+    problem = e.what();
   }
+  if (!(problem = first_problem(problem)).empty()) return problem;
+
+  if (const std::string key = first_fingerprint_difference(manifest.fingerprint, current); !key.empty()) {
+    std::string paths;
+    if (key.rfind("corpus.", 0) == 0)
+      paths = fmt::format(" (the checkpoint's corpus was '{}', this run's is '{}')",
+                          fingerprint_value(manifest.inputs, "corpus.path"), corpus_.path());
+    throw UsageError(fmt::format("cannot resume from '{}': {}: the checkpoint was trained with {}, this run has {}{}. "
+                                 "Resume with the checkpoint's settings and inputs, or train in another output.dir",
+                                 dir, key, fingerprint_value(manifest.fingerprint, key),
+                                 fingerprint_value(current, key), paths));
+  }
+
+  // Each rank checks the files it would have written: its optimizer shard, the model shard on DP rank 0, the
+  // rest on the leader.
+  std::set<std::string> mine{optimizer_file_name(tp_.rank(), dp_.rank())};
+  if (dp_.rank() == 0) mine.insert(model_file_name(tp_.rank(), tp_.size()));
+  std::set<std::string> listed;
+  for (const ManifestEntry& entry : manifest.files) {
+    listed.insert(entry.name);
+    const bool shard = entry.name.rfind("optimizer-", 0) == 0 || entry.name.rfind("model-", 0) == 0;
+    if (!problem.empty() || !(mine.count(entry.name) || (!shard && tp_.rank() == 0 && dp_.rank() == 0))) continue;
+    problem = verify_entry(dir, entry);
+  }
+  for (const std::string& name : mine)
+    if (problem.empty() && !listed.count(name)) problem = fmt::format("its manifest does not list '{}'", name);
+  return first_problem(problem);
 }
 
-}  // namespace
-
-bool Trainer::resume() {
-  if (checkpoint_dir_.empty()) return false;
-  const fs::path latest = fs::path(checkpoint_dir_) / kLatestFile;
-  if (!fs::exists(latest)) {
-    log::info(fmt::format("no checkpoint under {}: starting from step 0", checkpoint_dir_));
-    return false;
-  }
-  std::string name = read_text(latest);
-  name.erase(name.find_last_not_of(" \n\r\t") + 1);
-  const fs::path dir = fs::path(checkpoint_dir_) / name;
-  const fs::path state_file = dir / kStateFile;
+void Trainer::load_checkpoint(const std::string& dir, const CheckpointManifest& manifest) {
+  const fs::path state_file = fs::path(dir) / kStateFile;
   json saved;
   try {
     saved = json::parse(read_text(state_file));
   } catch (const json::exception& e) {
     throw Error(fmt::format("checkpoint state '{}' is not valid JSON: {}", state_file.string(), e.what()));
   }
-  check_layout(saved, state_file,
-               {{"tp", tp_.size()}, {"dp", dp_.size()}, {"zero", settings_.zero},
-                {"bucket_sizes", state_->optimizer->bucket_sizes()}, {"global_batch", settings_.global_batch},
-                {"corpus_samples", corpus_.num_samples()}});
-  const int64_t step = saved.at("step").get<int64_t>();
-
+  if (saved.value("step", int64_t{-1}) != manifest.step)
+    throw Error(fmt::format("checkpoint state '{}' records step {}, its manifest step {}", state_file.string(),
+                            saved.value("step", int64_t{-1}), manifest.step));
   // The fp32 masters restore the parameters (exactly, whatever their dtype); the model files are the
   // layout-independent copy for people and tools, not read back.
-  io::SafetensorsFile optimizer_file((dir / optimizer_file_name(tp_.rank(), dp_.rank())).string());
-  state_->optimizer->load_state(read_all(optimizer_file), step);
-  state_->steps_done = step;
+  io::SafetensorsFile optimizer_file((fs::path(dir) / optimizer_file_name(tp_.rank(), dp_.rank())).string());
+  state_->optimizer->load_state(read_all(optimizer_file), manifest.step);
+  state_->steps_done = manifest.step;
   state_->last_loss = saved.value("loss", 0.0);
-  log::info(fmt::format("resumed from {} (step {} of {})", dir.string(), step, total_steps_));
-  return true;
+  log::info(fmt::format("resumed from {} (step {} of {})", dir, manifest.step, total_steps_));
+}
+
+bool Trainer::resume() {
+  if (checkpoint_dir_.empty()) return false;
+  tp_.barrier();  // a save of this job (its manifest, its pruning) is over before any rank looks
+  dp_.barrier();
+  std::vector<fs::path> steps;
+  std::error_code ignored;
+  for (const auto& entry : fs::directory_iterator(checkpoint_dir_, ignored))
+    if (entry.is_directory() && entry.path().filename().string().rfind("step-", 0) == 0) steps.push_back(entry.path());
+  std::sort(steps.rbegin(), steps.rend());  // newest first
+  if (first_problem(steps.empty() ? "" : "found").empty()) {  // on no rank
+    log::info(fmt::format("no checkpoint under {}: starting from step 0", checkpoint_dir_));
+    return false;
+  }
+  const json current = fingerprint();
+  std::vector<std::string> damaged;
+  for (const fs::path& dir : steps) {
+    if (!first_problem(fs::exists(dir / kManifestFile) ? "" : "incomplete").empty()) {
+      log::warn("skipping checkpoint {}: it has no {} (its save did not finish)", dir.string(), kManifestFile);
+      continue;
+    }
+    CheckpointManifest manifest;
+    const std::string problem = check_checkpoint(dir.string(), current, manifest);
+    if (problem.empty()) {
+      load_checkpoint(dir.string(), manifest);
+      return true;
+    }
+    damaged.push_back(fmt::format("{}: {}", dir.filename().string(), problem));
+    log::warn("checkpoint {} is damaged: {}; falling back to the previous checkpoint", dir.string(), problem);
+  }
+  if (!damaged.empty())
+    throw Error(fmt::format("no intact checkpoint under {} to resume from ({}). Restore the files, or move the "
+                            "directory away to start from step 0", checkpoint_dir_, fmt::join(damaged, "; ")));
+  log::warn("no complete checkpoint under {}: starting from step 0", checkpoint_dir_);
+  return false;
 }
 
 }  // namespace qforge::train

@@ -1,7 +1,8 @@
 // The training loop shared by every method: a fixed, seeded data order over a corpus, dealt to DP ranks;
 // gradient accumulation over micro-batches; DP gradient reduction in buckets; global-norm clipping over TP and
 // DP; AdamW with a warmup/decay schedule and ZeRO-1 state (optimizer.h); per-rank checkpoints that resume
-// bit for bit; SIGTERM (a Slurm time limit) saves a checkpoint and returns.
+// bit for bit, each file checked against its manifest (checkpoint_manifest.h) on resume; SIGTERM (a Slurm time
+// limit) saves a checkpoint and returns.
 //
 // What a micro-batch computes is the method's business: it gets the sample indices and the number of tokens the
 // whole optimizer step covers (over all DP ranks), runs forward and backward of sum(loss) / that number, and
@@ -13,6 +14,9 @@
 #include "framework/dist/communicator.h"
 #include "framework/io/corpus.h"
 #include "framework/model/transformer.h"
+#include "framework/train/checkpoint_manifest.h"
+
+#include <nlohmann/json.hpp>
 
 #include <functional>
 #include <string>
@@ -80,13 +84,20 @@ struct TrainResult {
 class Trainer {
  public:
   // `tokens_of(length)`: tokens a sample of that length contributes to the loss. `checkpoint_dir` empty: no
-  // checkpoints. `resolved_config` is saved beside each checkpoint.
+  // checkpoints. `resolved_config` is saved beside each checkpoint. `run_fingerprint`: the caller's settings and
+  // inputs that a resume must match (flat keys: "quant.bits" -> "4-8-4", "model.checksum" -> ...), recorded in
+  // each checkpoint's manifest beside the trainer's own (train.*, parallel.*, corpus.*).
   Trainer(TrainSettings settings, model::CausalLM& model, dist::Communicator& dp, const io::CorpusReader& corpus,
-          std::function<int64_t(int64_t length)> tokens_of, std::string checkpoint_dir, std::string resolved_config);
+          std::function<int64_t(int64_t length)> tokens_of, std::string checkpoint_dir, std::string resolved_config,
+          nlohmann::json run_fingerprint = nlohmann::json::object());
   ~Trainer();
 
   int64_t total_steps() const { return total_steps_; }
-  // Loads the newest checkpoint under checkpoint_dir when there is one (false otherwise). Collective.
+  // Loads the newest intact checkpoint under checkpoint_dir (false when there is none: step 0). Every file is
+  // checked against the manifest's size and checksum: a damaged checkpoint is skipped with a warning naming the
+  // file, and the previous one is tried; an Error when every checkpoint is damaged. A checkpoint whose
+  // fingerprint differs from this run's is a UsageError naming the first differing key and both values.
+  // Collective.
   bool resume();
   TrainResult run(const MicroStep& micro_step);
   // Writes a checkpoint of the current state (steps_done()). Collective.
@@ -99,6 +110,14 @@ class Trainer {
   // Trains one step; returns its mean per-token loss and sets `tokens` to the tokens it covered.
   double train_step(int64_t step, const MicroStep& micro_step, double& tokens);
   bool stop_requested();
+  // The settings and inputs a resume must match (the corpus checksum is computed once, by one rank). Collective.
+  nlohmann::json fingerprint();
+  // The first non-empty `mine` over the ranks in (DP, TP) order, on every rank; "" when all are empty. Collective.
+  std::string first_problem(const std::string& mine);
+  // Why the checkpoint in `dir` cannot be used ("" when it is intact), the same on every rank; fills `manifest`.
+  // A UsageError when its fingerprint differs from `current`. Collective.
+  std::string check_checkpoint(const std::string& dir, const nlohmann::json& current, CheckpointManifest& manifest);
+  void load_checkpoint(const std::string& dir, const CheckpointManifest& manifest);
 
   TrainSettings settings_;
   dist::Communicator& tp_;
@@ -107,6 +126,8 @@ class Trainer {
   std::function<int64_t(int64_t)> tokens_of_;
   std::string checkpoint_dir_;
   std::string resolved_config_;
+  nlohmann::json run_fingerprint_;
+  std::string corpus_checksum_;  // XXH64 of the corpus file, once computed
   int64_t steps_per_epoch_ = 0;
   int64_t total_steps_ = 0;
   std::vector<int64_t> epoch_order_;  // the permutation of the epoch `ordered_epoch_`
