@@ -4,6 +4,7 @@
 #include "launch/model_commands.h"
 
 #include "framework/common/atomic_file.h"
+#include "framework/common/checksum.h"
 #include "framework/common/error.h"
 #include "framework/log/log.h"
 #include "framework/system/memory.h"
@@ -15,7 +16,9 @@
 
 #include <climits>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <thread>
 
 #ifdef QFORGE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -102,6 +105,83 @@ void log_peak_memory(const CommandContext& context) {
 #endif
 }
 
+// runtime.threads: 0 (the node's cores shared among its ranks) up to 4 threads per hardware thread; more only
+// oversubscribes the node (100000 would start that many threads in every rank).
+void check_threads(const RuntimeSettings& settings) {
+  const int hardware = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  if (settings.threads > 4 * hardware)
+    throw UsageError(fmt::format("runtime.threads = {} is out of range: expected 0..{} (0: the node's {} hardware "
+                                 "threads shared among its ranks; at most 4 x {})", settings.threads, 4 * hardware,
+                                 hardware, hardware));
+}
+
+// The first key path where two resolved configs differ, with both values; "" when none.
+std::string first_difference(const YAML::Node& mine, const YAML::Node& theirs, const std::string& prefix,
+                             std::string& my_value, std::string& their_value) {
+  if (mine.IsMap() && theirs.IsMap()) {
+    for (auto it = theirs.begin(); it != theirs.end(); ++it) {
+      const std::string key = it->first.Scalar();
+      std::string path = first_difference(mine[key], it->second, prefix + key + ".", my_value, their_value);
+      if (!path.empty()) return path;
+    }
+    for (auto it = mine.begin(); it != mine.end(); ++it)
+      if (!theirs[it->first.Scalar()].IsDefined()) {
+        my_value = YAML::Dump(it->second), their_value = "(none)";
+        return prefix + it->first.Scalar();
+      }
+    return "";
+  }
+  const std::string a = mine.IsDefined() ? YAML::Dump(mine) : "(none)";
+  const std::string b = theirs.IsDefined() ? YAML::Dump(theirs) : "(none)";
+  if (a == b) return "";
+  my_value = a, their_value = b;
+  return prefix.empty() ? prefix : prefix.substr(0, prefix.size() - 1);
+}
+
+// The command as every rank must run it: the command, its positional arguments and its own options (options that
+// set config keys, --set and --config are compared through the resolved config, which names the key).
+std::string command_text(const config::CommandLine& line) {
+  std::string text = "qforge " + (line.command.empty() ? std::string("--help") : line.command);
+  for (const std::string& positional : line.positionals) text += " " + positional;
+  for (const auto& [name, value] : line.options) text += " --" + name + (value == "true" ? "" : " " + value);
+  return text + (line.help && !line.command.empty() ? " --help" : "");
+}
+
+// Ranks launched with different commands or configs would wait forever in mismatched collectives or mix shards:
+// every rank hashes its command and resolved config, and the minimum and maximum of the hashes are compared
+// (one all-reduce). On a mismatch rank 0's command and config are broadcast and each other rank names what differs.
+// Collective; returns false (the lowest differing rank has printed one error) when the ranks differ.
+bool same_job_on_every_rank(dist::Runtime& runtime, const config::CommandLine& line, const QforgeConfig& c) {
+  if (runtime.size() == 1) return true;
+  const std::string command = command_text(line);
+  const std::string yaml = config::to_yaml(c);
+  const auto hash = static_cast<int64_t>(fnv1a64(yaml, fnv1a64(command)));
+  torch::Tensor extremes = torch::tensor({hash, ~hash}, torch::kLong);  // min(~x) = ~max(x)
+  runtime.world().all_reduce(extremes, dist::ReduceOp::kMin);
+  if (extremes[0].item<int64_t>() == ~extremes[1].item<int64_t>()) return true;
+  const std::string mine = command + '\n' + yaml;
+  torch::Tensor length = torch::tensor({static_cast<int64_t>(mine.size())}, torch::kLong);
+  runtime.world().broadcast(length, 0);
+  torch::Tensor bytes = torch::zeros({length.item<int64_t>()}, torch::kUInt8);
+  if (runtime.rank() == 0) std::memcpy(bytes.data_ptr(), mine.data(), mine.size());
+  runtime.world().broadcast(bytes, 0);
+  const std::string theirs(static_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(bytes.numel()));
+  const std::string rank0_command = theirs.substr(0, theirs.find('\n'));
+  std::string error;
+  if (rank0_command != command) {
+    error = fmt::format("rank {} runs '{}' but rank 0 runs '{}': every rank of a job must run the same command",
+                        runtime.rank(), command, rank0_command);
+  } else if (mine != theirs) {
+    std::string my_value, their_value;
+    const std::string key = first_difference(YAML::Load(yaml), YAML::Load(theirs.substr(theirs.find('\n') + 1)), "",
+                                             my_value, their_value);
+    error = fmt::format("config key '{}' is {} on rank {} but {} on rank 0: every rank of a job must resolve the same "
+                        "config", key, my_value, runtime.rank(), their_value);
+  }
+  all_ranks_succeeded(runtime, error);
+  return false;
+}
+
 log::Options log_options(const LogSettings& settings) {
   return log::Options{log::parse_level(settings.level), settings.all_ranks, settings.file};
 }
@@ -134,12 +214,14 @@ int run_qforge(dist::Runtime& runtime, const std::vector<std::string>& args) {
     line = config::parse_command_line(args, command_specs());
     if (!line.help) {
       config = config::load<QforgeConfig>(line.config_file, line.overrides);
+      check_threads(config.runtime);
       log::configure(log_options(config.log));
     }
   } catch (const Error& e) {
     error = e.what();
   }
   if (!all_ranks_succeeded(runtime, error)) return 2;
+  if (!same_job_on_every_rank(runtime, line, config)) return 2;
   if (line.help) {
     if (runtime.rank() == 0) std::fputs(config::usage(command_specs(), line.command).c_str(), stdout);
     return 0;

@@ -14,6 +14,8 @@ struct CommandContext {
   dist::Runtime& runtime;
   const config::CommandLine& line;
   const QforgeConfig& config;
+  // Where output.dir's files go while a StagedOutput (model_commands.h) holds them back; empty: output.dir itself.
+  std::string output_stage = {};
 };
 
 struct Command {

@@ -143,8 +143,9 @@ int run_eval_tasks(CommandContext& context) {
   dist::Grid grid(context.runtime, c.parallel.tp);
   auto model = load_model(context, grid);
   attach_eval_quantizers(c, *model);
-  auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
+  auto tokenizer = load_model_tokenizer(c.model, model->config());
   const bool root = context.runtime.rank() == 0;
+  StagedOutput output(context);  // samples, results.json and the config appear together
   eval::TaskRunOptions run_options{e.batch_size, e.add_bos};
 
   nlohmann::json results = nlohmann::json::object(), groups = nlohmann::json::object();
@@ -212,7 +213,7 @@ int run_eval_tasks(CommandContext& context) {
       std::string lines;
       for (std::size_t i = 0; i < r.items.size(); ++i)
         lines += eval::sample_json(task.spec, task.items[i], r.items[i]).dump() + "\n";
-      write_file_atomically((fs::path(c.output.dir) / fmt::format("samples_{}.jsonl", name)).string(), lines);
+      write_file_atomically((fs::path(output.dir()) / fmt::format("samples_{}.jsonl", name)).string(), lines);
     }
   }
 
@@ -246,6 +247,7 @@ int run_eval_tasks(CommandContext& context) {
     std::fflush(stdout);
   }
   write_outputs(context, "results.json", report.dump(2) + "\n");
+  output.commit();
   return 0;
 }
 

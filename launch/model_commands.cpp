@@ -116,15 +116,22 @@ int run_init_model(CommandContext& context) {
     throw UsageError(fmt::format("qforge init-model: expected positive --hidden, --layers, --heads, --kv-heads, "
                                  "--intermediate with heads dividing hidden and kv-heads dividing heads, and --vocab "
                                  ">= {} (the byte tokenizer's)", tok::kByteTokenizerVocab));
+  try {  // config.json's checks (plausible sizes, their products) before anything is allocated
+    model::ModelConfig::from_json(c.to_json(), "qforge init-model");
+  } catch (const Error& e) {
+    throw UsageError(e.what());
+  }
   if (context.runtime.rank() == 0) {
+    AtomicDirectory dir(out, /*owner=*/true);
     model::CausalLM model(c, context.runtime.self());
     // std 0.3 by default: logits spread enough that the teacher prefers some continuations, so quantization has a
     // cost.
     model::init_random(model, static_cast<uint64_t>(integer_option(context, "seed", 0)), weight_std);
     plant_outliers(model, outliers, static_cast<uint64_t>(integer_option(context, "seed", 0)));
     if (dtype != torch::kFloat) model.to(dtype);
-    model::save_pretrained(model, out, /*write=*/true, context.config.output.max_shard_bytes());
-    tok::write_byte_tokenizer((fs::path(out) / "tokenizer.bin").string());
+    model::save_pretrained(model, dir.temp_path(), /*write=*/true, context.config.output.max_shard_bytes());
+    tok::write_byte_tokenizer((fs::path(dir.temp_path()) / "tokenizer.bin").string());
+    dir.commit();
     log::info("wrote a random {} (hidden {}, {} layers, {}/{} heads, byte-level vocabulary of {}{}) to {}",
               family == "opt" ? "OPT" : "LLaMA", c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads,
               c.vocab_size, outliers ? fmt::format(", {} outlier channels per norm", outliers) : "", out);
@@ -143,7 +150,7 @@ int run_eval(CommandContext& context) {
   dist::Grid grid(context.runtime, c.parallel.tp);
   auto model = load_model(context, grid);
   attach_eval_quantizers(c, *model);
-  auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
+  auto tokenizer = load_model_tokenizer(c.model, model->config());
   torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
   const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model->config().max_positions;
   log::info("{}: {} tokens ({} tokenizer, one BOS), windows of {} on {}", c.eval.text, tokens.numel(),
@@ -154,7 +161,9 @@ int run_eval(CommandContext& context) {
   if (context.runtime.rank() == 0) std::fputs(report.c_str(), stdout);
   nlohmann::json json = {{"text", c.eval.text}, {"model", c.model.path}, {"quant", c.quant.bits}, {"seq_len", seq_len}, {"windows", r.windows},
                          {"tokens", r.tokens}, {"mean_nll", r.mean_nll}, {"perplexity", r.perplexity}};
+  StagedOutput output(context);
   write_outputs(context, "perplexity.json", json.dump(2) + "\n");
+  output.commit();
   return 0;
 }
 
@@ -163,7 +172,7 @@ int run_generate_text(CommandContext& context) {
   required_setting(c.model.path, "model.path", "model");
   dist::Grid grid(context.runtime, c.parallel.tp);
   auto model = load_model(context, grid);
-  auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
+  auto tokenizer = load_model_tokenizer(c.model, model->config());
   const GenerateTextSettings& g = c.generate_text;
   std::vector<int64_t> prompt = tokenizer->encode(g.prompt, /*bos=*/true, /*eos=*/false);
   model::SamplingOptions options{g.temperature, g.top_k, g.top_p, static_cast<uint64_t>(g.seed)};
@@ -172,7 +181,9 @@ int run_generate_text(CommandContext& context) {
   all.insert(all.end(), tokens[0].begin(), tokens[0].end());
   const std::string text = tokenizer->decode(all);
   if (context.runtime.rank() == 0) std::printf("%s\n", text.c_str());
+  StagedOutput output(context);
   write_outputs(context, "generated.txt", text + "\n");
+  output.commit();
   return 0;
 }
 
@@ -192,11 +203,38 @@ const std::string& required_setting(const std::string& value, const char* key, c
 }
 
 void write_outputs(const CommandContext& context, const std::string& name, const std::string& contents) {
-  const std::string& dir = context.config.output.dir;
-  if (dir.empty() || context.runtime.rank() != 0) return;
+  const std::string& final_dir = context.config.output.dir;
+  if (final_dir.empty() || context.runtime.rank() != 0) return;
+  const std::string& dir = context.output_stage.empty() ? final_dir : context.output_stage;
   write_file_atomically((fs::path(dir) / name).string(), contents);
   config::save_resolved(config::to_yaml(context.config), dir);
-  log::info("wrote {} and {} to {}", name, config::kResolvedConfigName, dir);
+  log::info("wrote {} and {} to {}", name, config::kResolvedConfigName, final_dir);
+}
+
+StagedOutput::StagedOutput(CommandContext& context) : context_(context) {
+  if (context.config.output.dir.empty()) return;
+  stage_ = std::make_unique<AtomicDirectory>(context.config.output.dir, context.runtime.rank() == 0);
+  context_.output_stage = stage_->temp_path();
+}
+
+StagedOutput::~StagedOutput() { context_.output_stage.clear(); }
+
+const std::string& StagedOutput::dir() const { return stage_ ? stage_->temp_path() : context_.config.output.dir; }
+
+void StagedOutput::commit() {
+  context_.runtime.world().barrier();  // every rank's part written
+  if (stage_) stage_->commit();
+  context_.output_stage.clear();
+}
+
+std::unique_ptr<tok::Tokenizer> load_model_tokenizer(const ModelSettings& settings, const model::ModelConfig& config) {
+  const std::string path = tokenizer_path(settings);
+  std::unique_ptr<tok::Tokenizer> tokenizer = tok::load_tokenizer(path);
+  if (tokenizer->vocab_size() > config.vocab_size)
+    throw Error(fmt::format("{}: the tokenizer has {} pieces, more than the vocabulary of {} in {}/config.json "
+                            "(vocab_size); expected the model's own tokenizer", path, tokenizer->vocab_size(),
+                            config.vocab_size, settings.path));
+  return tokenizer;
 }
 
 void copy_tokenizer(const ModelSettings& model, const std::string& dir) {
@@ -223,7 +261,8 @@ std::string tokenizer_path(const ModelSettings& model) {
 distill::TeacherIdentity teacher_identity(const ModelSettings& settings, const model::CausalLM& model) {
   const std::string tokenizer = tokenizer_path(settings);
   return {settings.path, model.config().to_json(), model::checkpoint_fingerprint(settings.path),
-          fmt::format("{} ({})", fs::path(tokenizer).filename().string(), tok::load_tokenizer(tokenizer)->kind())};
+          fmt::format("{} ({})", fs::path(tokenizer).filename().string(),
+                      load_model_tokenizer(settings, model.config())->kind())};
 }
 
 static torch::Device model_device(const CommandContext& context) {

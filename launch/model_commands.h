@@ -5,7 +5,9 @@
 #include <vector>
 
 #include "distill/corpus_teacher.h"
+#include "framework/common/atomic_file.h"
 #include "framework/model/transformer.h"
+#include "framework/tokenizer/tokenizer.h"
 
 #include <memory>
 #include <string>
@@ -27,9 +29,30 @@ std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist:
 // command wrote there.
 void copy_tokenizer(const ModelSettings& model, const std::string& dir);
 
+// The tokenizer of `settings` (tokenizer_path) for a model of `config`: a tokenizer with more pieces than the
+// model's vocabulary is refused, naming both files and both sizes.
+std::unique_ptr<tok::Tokenizer> load_model_tokenizer(const ModelSettings& settings, const model::ModelConfig& config);
+
+// output.dir written as a whole: while it lives, write_outputs and the command's writers (dir()) write into a
+// sibling temporary (AtomicDirectory, created by rank 0), which commit() renames to output.dir once everything is
+// written; a failure leaves no output.dir that looks finished. Nothing when output.dir is empty. commit() is
+// collective (a barrier first).
+class StagedOutput {
+ public:
+  explicit StagedOutput(CommandContext& context);
+  ~StagedOutput();
+  const std::string& dir() const;
+  void commit();
+
+ private:
+  CommandContext& context_;
+  std::unique_ptr<AtomicDirectory> stage_;
+};
+
 // `value`, or a UsageError naming the config key and its command-line option when it is empty.
 const std::string& required_setting(const std::string& value, const char* key, const char* option);
-// Rank 0 writes output.dir/`name` and the resolved config beside it (nothing when output.dir is empty).
+// Rank 0 writes output.dir/`name` (or the StagedOutput's temporary) and the resolved config beside it (nothing
+// when output.dir is empty).
 void write_outputs(const CommandContext& context, const std::string& name, const std::string& contents);
 
 // The LLM-QAT fake quantizers of quant.bits, when any part is below 16 bits (eval ppl, eval tasks).

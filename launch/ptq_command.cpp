@@ -44,7 +44,7 @@ std::pair<torch::Tensor, std::string> calibration_sequences(const QforgeConfig& 
             fmt::format("corpus {}", p.calib_corpus)};
   }
   const int64_t seq_len = check_length(p.seq_len > 0 ? p.seq_len : model.max_positions);
-  auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
+  auto tokenizer = load_model_tokenizer(c.model, model);
   torch::Tensor tokens = eval::tokenize_text_file(p.calib, *tokenizer);
   return {quant::text_windows(tokens, p.nsamples, seq_len, random, seed, p.calib), fmt::format("text {}", p.calib)};
 }
@@ -83,7 +83,7 @@ int run_rptq_ptq(CommandContext& context, dist::Grid& grid, model::CausalLM& mod
 
   nlohmann::json perplexities = nlohmann::json::object();
   if (!c.eval.text.empty()) {
-    auto tokenizer = tok::load_tokenizer(tokenizer_path(c.model));
+    auto tokenizer = load_model_tokenizer(c.model, model.config());
     torch::Tensor tokens = eval::tokenize_text_file(c.eval.text, *tokenizer);
     const int64_t seq_len = c.eval.seq_len > 0 ? c.eval.seq_len : model.config().max_positions;
     for (const std::string& mode : r.compare) {
@@ -96,7 +96,8 @@ int run_rptq_ptq(CommandContext& context, dist::Grid& grid, model::CausalLM& mod
     }
     rptq::use_activations(model, result.layers, r, r.activations);
   }
-  const fs::path out = c.output.dir;
+  StagedOutput output(context);  // output.dir appears once every file is written
+  const fs::path out = output.dir();
   const bool writer = grid.dp_rank() == 0, fake = p.save != "gptq", packed = p.save != "fake";
   std::vector<std::string> saved;
   if (fake) {
@@ -110,7 +111,7 @@ int run_rptq_ptq(CommandContext& context, dist::Grid& grid, model::CausalLM& mod
   }
   if (context.runtime.rank() == 0) {
     for (const std::string& dir : saved) copy_tokenizer(c.model, dir);
-    print_summary(result.ptq, p, out.string());
+    print_summary(result.ptq, p, c.output.dir);
     std::vector<std::string> figures;
     for (const std::string& mode : r.compare)
       if (perplexities.contains(mode))
@@ -128,6 +129,7 @@ int run_rptq_ptq(CommandContext& context, dist::Grid& grid, model::CausalLM& mod
   json["rptq"]["cluster_seconds"] = result.cluster_seconds;
   if (!perplexities.empty()) json["perplexity"] = {{"text", c.eval.text}, {"by_activations", perplexities}};
   write_outputs(context, "ptq.json", json.dump(2) + "\n");
+  output.commit();
   return 0;
 }
 
@@ -161,7 +163,8 @@ int run_ptq(CommandContext& context) {
   }
   const quant::PtqReport report = quant::run_ptq(*model, local, p, grid.dp_group());
 
-  const fs::path out = c.output.dir;
+  StagedOutput output(context);  // output.dir appears once every file is written
+  const fs::path out = output.dir(), final_out = c.output.dir;
   const bool writer = grid.dp_rank() == 0;
   std::vector<std::string> saved;
   if (fake) {
@@ -176,20 +179,22 @@ int run_ptq(CommandContext& context) {
   }
   if (context.runtime.rank() == 0) {
     for (const std::string& dir : saved) copy_tokenizer(c.model, dir);
-    print_summary(report, p, out.string());
+    print_summary(report, p, final_out.string());
     if (gptq_format)
       std::printf("ptq: GPTQ checkpoint (%s, %zu linears packed, %zu kept fp16) in %s: %lld bytes\n",
                   exported.checkpoint_format.c_str(), exported.packed.size(), exported.kept.size(),
-                  (out / "gptq").c_str(), static_cast<long long>(exported.bytes));
+                  (final_out / "gptq").c_str(), static_cast<long long>(exported.bytes));
   }
   nlohmann::json json = report.to_json(p);
   json["model"] = c.model.path;
   json["calibration_source"] = p.calib_corpus.empty() ? p.calib : p.calib_corpus;
   json["layout"] = grid.describe();
   if (gptq_format)
-    json["gptq_checkpoint"] = {{"dir", (out / "gptq").string()}, {"checkpoint_format", exported.checkpoint_format},
+    json["gptq_checkpoint"] = {{"dir", (final_out / "gptq").string()},
+                               {"checkpoint_format", exported.checkpoint_format},
                                {"packed", exported.packed}, {"kept_fp16", exported.kept}, {"bytes", exported.bytes}};
   write_outputs(context, "ptq.json", json.dump(2) + "\n");
+  output.commit();
   return 0;
 }
 

@@ -7,6 +7,7 @@
 
 #include "distill/corpus_teacher.h"
 #include "distill/distillation.h"
+#include "framework/common/atomic_file.h"
 #include "framework/common/checksum.h"
 #include "framework/common/error.h"
 #include "framework/io/corpus.h"
@@ -18,7 +19,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 namespace qforge {
@@ -56,13 +61,18 @@ nlohmann::json export_student(CommandContext& context, model::CausalLM& student,
   const quant::GptqExport grids = gptq ? quant::qat_gptq_export(student, c.quant) : quant::GptqExport{};
   quant::bake_weight_quantizers(student);
   quant::GptqExportReport exported;
-  if (gptq)
-    exported = quant::export_gptq(student, grids, (out / "gptq").string(), writer, c.output.max_shard_bytes());
-  model::save_pretrained(student, (out / "student").string(), writer, c.output.max_shard_bytes());
-  if (context.runtime.rank() == 0)
-    for (const char* dir : {"student", "gptq"})
-      if (gptq || std::string(dir) == "student") copy_tokenizer(c.model, (out / dir).string());
+  // Each export appears under its name once complete (a full disk leaves no student/ that looks finished).
+  const bool owner = context.runtime.rank() == 0;
+  AtomicDirectory student_dir((out / "student").string(), owner), gptq_dir((out / "gptq").string(), owner && gptq);
+  if (gptq) exported = quant::export_gptq(student, grids, gptq_dir.temp_path(), writer, c.output.max_shard_bytes());
+  model::save_pretrained(student, student_dir.temp_path(), writer, c.output.max_shard_bytes());
+  if (owner) {
+    copy_tokenizer(c.model, student_dir.temp_path());
+    if (gptq) copy_tokenizer(c.model, gptq_dir.temp_path());
+  }
   context.runtime.world().barrier();
+  if (gptq) gptq_dir.commit();
+  student_dir.commit();
   const int64_t teacher_bytes = directory_bytes(c.model.path);
   const int64_t student_bytes = directory_bytes(out / "student");
   const int64_t gptq_bytes = directory_bytes(out / "gptq");
@@ -76,6 +86,25 @@ nlohmann::json export_student(CommandContext& context, model::CausalLM& student,
   nlohmann::json sizes = {{"teacher_bytes", teacher_bytes}, {"student_bytes", student_bytes}};
   if (gptq) sizes["gptq_bytes"] = gptq_bytes;
   return sizes;
+}
+
+// Before any training: output.dir must be writable (a probe file is created and removed), and a finished run's
+// directory (qat.json, student/ or gptq/ in it) is not overwritten unless --resume continues it. UsageError.
+void check_output_dir(const std::string& dir, bool resume) {
+  if (!resume)
+    for (const char* finished : {"qat.json", "student", "gptq"})
+      if (fs::exists(fs::path(dir) / finished))
+        throw UsageError(fmt::format("output.dir {} holds a finished qat run ({}); choose another --output, remove "
+                                     "it, or pass --resume to continue it", dir, finished));
+  std::error_code error;
+  fs::create_directories(dir, error);
+  const fs::path probe = fs::path(dir) / fmt::format(".qforge-write-test.{}", ::getpid());
+  std::FILE* file = error ? nullptr : std::fopen(probe.c_str(), "wb");
+  const std::string reason = error ? error.message() : std::strerror(errno);
+  if (!file)
+    throw UsageError(fmt::format("output.dir {} is not writable ({}); choose another --output", dir, reason));
+  std::fclose(file);
+  fs::remove(probe, error);
 }
 
 // What a resumed run must share with its checkpoint beyond the trainer's own keys: the student's quantizers, the
@@ -97,6 +126,7 @@ int run_qat(CommandContext& context) {
   required_setting(c.model.path, "model.path", "model");
   required_setting(c.distill.corpus, "distill.corpus", "corpus");
   required_setting(c.output.dir, "output.dir", "output");
+  check_output_dir(c.output.dir, context.line.options.count("resume") != 0);
   dist::Grid grid(context.runtime, c.parallel.tp);
   io::CorpusReader corpus(c.distill.corpus);
   if (c.quant.weight_spec().enabled() && !gptq_packable(c.quant))

@@ -43,4 +43,55 @@ void write_file_atomically(const std::string& path, const std::string& contents)
   file.commit();
 }
 
+AtomicDirectory::AtomicDirectory(std::string path, bool owner) : path_(std::move(path)), owner_(owner) {
+  namespace fs = std::filesystem;
+  fs::path p = fs::path(path_).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();  // "out/" names "out"
+  temp_path_ = (p.parent_path() / fmt::format(".{}.partial", p.filename().string())).string();
+  if (!owner_) return;
+  std::error_code error;
+  fs::remove_all(temp_path_, error);
+  fs::create_directories(temp_path_, error);
+  if (error || !fs::is_directory(temp_path_))
+    throw Error(fmt::format("cannot create the output directory '{}' (for '{}'): {}", temp_path_, path_,
+                            error ? error.message() : "not a directory"));
+}
+
+AtomicDirectory::~AtomicDirectory() {
+  if (!owner_ || committed_) return;
+  std::error_code ignored;
+  std::filesystem::remove_all(temp_path_, ignored);
+}
+
+void AtomicDirectory::commit() {
+  namespace fs = std::filesystem;
+  if (!owner_) return;
+  std::error_code error;
+  if (!fs::exists(path_)) {
+    fs::rename(temp_path_, path_, error);
+  } else if (!fs::is_directory(path_)) {
+    throw Error(fmt::format("cannot write the output directory '{}': a file of that name exists", path_));
+  } else {
+    for (const auto& entry : fs::directory_iterator(temp_path_)) {
+      const fs::path target = fs::path(path_) / entry.path().filename();
+      if (fs::is_directory(target) && !fs::is_symlink(target)) fs::remove_all(target, error);
+      if (!error) fs::rename(entry.path(), target, error);
+      if (error) break;
+    }
+    if (!error) fs::remove_all(temp_path_, error);
+  }
+  if (error)
+    throw Error(fmt::format("cannot rename '{}' to '{}': {}", temp_path_, path_, error.message()));
+  committed_ = true;
+}
+
+void check_input_file(const std::string& path, const std::string& what) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (!fs::exists(status) || fs::is_regular_file(status)) return;  // a missing file: the caller's open names it
+  throw Error(fmt::format("{}: {}; expected {}", path,
+                          fs::is_directory(status) ? "is a directory" : "is not a regular file", what));
+}
+
 }  // namespace qforge

@@ -35,12 +35,36 @@ void set_key_path(YAML::Node node, const std::vector<std::string>& parts, std::s
   set_key_path(node[key], parts, index + 1, value);
 }
 
+// yaml-cpp keeps every pair of a mapping and node[key] finds the first: a key written twice would silently take
+// its first value. Throws naming the file, the key path and both lines.
+void check_no_duplicate_keys(const YAML::Node& node, const std::string& file, const std::string& prefix) {
+  if (node.IsSequence())
+    for (std::size_t i = 0; i < node.size(); ++i)
+      check_no_duplicate_keys(node[i], file, fmt::format("{}[{}].", prefix.substr(0, prefix.size() - 1), i));
+  if (!node.IsMap()) return;
+  std::map<std::string, int> lines;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const std::string key = it->first.IsScalar() ? it->first.Scalar() : std::string("?");
+    const int line = it->first.Mark().line + 1;
+    if (auto [first, inserted] = lines.emplace(key, line); !inserted)
+      throw ConfigError(fmt::format("{}:{}: duplicate key '{}' (first at line {}); write each key once", file,
+                                    line, prefix + key, first->second));
+    check_no_duplicate_keys(it->second, file, prefix + key + ".");
+  }
+}
+
 YAML::Node parse_file(const std::string& file) {
+  try {
+    check_input_file(file, "a YAML config file");
+  } catch (const Error& e) {
+    throw ConfigError(e.what());
+  }
   std::ifstream in(file);
   if (!in) throw ConfigError(fmt::format("{}: cannot open the config file ({})", file, std::strerror(errno)));
   try {
     YAML::Node tree = YAML::Load(in);
     if (tree.IsNull()) return YAML::Node(YAML::NodeType::Map);
+    check_no_duplicate_keys(tree, file, "");
     if (!tree.IsMap())
       throw ConfigError(fmt::format("{}:{}: the config file must be a mapping of keys at the top level", file,
                                     tree.Mark().line + 1));

@@ -1,5 +1,6 @@
 #include "framework/eval/perplexity.h"
 
+#include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
 #include "framework/log/log.h"
 #include "framework/model/parallel.h"
@@ -51,6 +52,7 @@ PerplexityResult perplexity(model::CausalLM& model, const torch::Tensor& tokens,
 }
 
 torch::Tensor tokenize_text_file(const std::string& path, const tok::Tokenizer& tokenizer) {
+  check_input_file(path, "a text file (eval.text)");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open the text file", path));
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -59,6 +61,7 @@ torch::Tensor tokenize_text_file(const std::string& path, const tok::Tokenizer& 
 }
 
 torch::Tensor wikitext2_tokens(const std::string& path, const tok::Tokenizer& tokenizer) {
+  check_input_file(path, "the WikiText-2 test file (wiki.test.raw)");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open the WikiText-2 test file (wiki.test.raw)", path));
   std::string joined, line;
@@ -74,6 +77,7 @@ torch::Tensor wikitext2_tokens(const std::string& path, const tok::Tokenizer& to
 
 torch::Tensor c4_windows(const std::string& path, const tok::Tokenizer& tokenizer, int64_t seq_len, int64_t windows,
                          uint64_t seed) {
+  check_input_file(path, "a C4 file (JSON Lines with a \"text\" field)");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open the C4 file (JSON Lines with a \"text\" field)", path));
   std::vector<std::string> documents;

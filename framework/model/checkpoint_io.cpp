@@ -8,9 +8,11 @@
 #include "framework/io/safetensors.h"
 #include "framework/log/log.h"
 #include "framework/model/quantized_checkpoint.h"
+#include "framework/tokenizer/tokenizer.h"
 
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -21,6 +23,9 @@ void load_entry(const WeightEntry& e, const io::Checkpoint& checkpoint, const st
   if (!checkpoint.contains(e.name))
     throw Error(fmt::format("{}: the checkpoint has no tensor '{}', which config.json implies", dir, e.name));
   const io::TensorInfo& info = checkpoint.info(e.name);
+  if (!c10::isFloatingType(info.dtype))
+    throw Error(fmt::format("{}: tensor '{}' is stored as {}, not as a floating-point weight (F32, F16, BF16, F64)",
+                            info.file, e.name, c10::toString(info.dtype)));
   if (info.shape != e.full_shape)
     throw Error(fmt::format("{}: tensor '{}' has shape {}, config.json implies {}", dir, e.name,
                             shape_text(info.shape), shape_text(e.full_shape)));
@@ -42,6 +47,54 @@ torch::Tensor gather_full(const WeightEntry& e, dist::Communicator& tp) {
 
 namespace {
 
+// NaN or Inf in a weight would only surface as a perplexity or a gradient norm of nan: refused at loading, naming
+// the tensor and the file it came from.
+void check_finite(const WeightEntry& e, const io::Checkpoint& checkpoint, const std::string& dir) {
+  if (e.param.numel() == 0 || torch::isfinite(e.param).all().item<bool>()) return;
+  const int64_t bad = e.param.numel() - torch::isfinite(e.param).sum().item<int64_t>();
+  const std::string file = checkpoint.contains(e.name) ? checkpoint.info(e.name).file : dir;
+  throw Error(fmt::format("{}: tensor '{}' holds {} NaN or infinite value(s); expected finite weights", file, e.name,
+                          bad));
+}
+
+// config.json against the checkpoint's tensors, before the model is allocated: the embedding and the final norm
+// (vocab_size, hidden_size), layer 0's MLP output (intermediate_size), and the layers present (num_hidden_layers),
+// so that a damaged config.json is named instead of allocating what it implies or dropping tensors silently.
+void check_config_against_checkpoint(const ModelConfig& c, const io::Checkpoint& checkpoint,
+                                     const std::string& config_path) {
+  const bool llama = c.family == Family::kLlama;
+  const std::string base = llama ? "model." : "model.decoder.";
+  auto expect_shape = [&](const std::string& name, std::vector<int64_t> shape, const char* keys) {
+    if (!checkpoint.contains(name) || checkpoint.info(name).shape == shape) return;
+    throw Error(fmt::format("{}: {} imply tensor '{}' of shape {}, but {} stores it as {}", config_path, keys, name,
+                            shape_text(shape), checkpoint.info(name).file, shape_text(checkpoint.info(name).shape)));
+  };
+  expect_shape(base + "embed_tokens.weight", {c.vocab_size, c.embed_dim()},
+               llama ? "vocab_size and hidden_size" : "vocab_size and word_embed_proj_dim");
+  expect_shape(llama ? "model.norm.weight" : "model.decoder.final_layer_norm.weight", {c.hidden_size}, "hidden_size");
+  expect_shape(base + (llama ? "layers.0.mlp.down_proj.weight" : "layers.0.fc2.weight"),
+               {c.hidden_size, c.intermediate_size}, "hidden_size and intermediate_size");
+  const std::string layers = base + "layers.";
+  std::vector<std::string> unused;
+  int64_t highest = -1;
+  for (const std::string& name : checkpoint.names()) {
+    if (name.rfind(layers, 0) != 0) continue;
+    const int64_t index = std::atoll(name.c_str() + layers.size());
+    highest = std::max(highest, index);
+    if (index >= c.num_layers) unused.push_back(name);
+  }
+  if (!unused.empty()) {
+    const std::vector<std::string> first(unused.begin(), unused.begin() + std::min<size_t>(3, unused.size()));
+    throw Error(fmt::format("{}: num_hidden_layers is {}, but {} holds layers up to {}: {} tensor(s) would be left "
+                            "unused ({}{}); expected num_hidden_layers {}", config_path, c.num_layers,
+                            checkpoint.info(unused.front()).file, highest, unused.size(), fmt::join(first, ", "),
+                            unused.size() > first.size() ? ", ..." : "", highest + 1));
+  }
+  if (highest >= 0 && highest + 1 < c.num_layers)
+    throw Error(fmt::format("{}: num_hidden_layers is {}, but {} holds tensors of layers 0..{} only", config_path,
+                            c.num_layers, checkpoint.dir(), highest));
+}
+
 // Parameters created while it lives take `dtype` (libtorch's default dtype), so that a model is built in the
 // dtype it is loaded into: no fp32 copy of a bf16 model ever exists.
 class DefaultDtype {
@@ -62,18 +115,20 @@ std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, dist::Communic
   const std::string config_path = (fs::path(dir) / "config.json").string();
   const nlohmann::json config_json = ModelConfig::read_file(config_path);  // parsed once: the model and its reader
   ModelConfig config = ModelConfig::from_json(config_json, config_path);
+  io::Checkpoint checkpoint(dir);
+  check_config_against_checkpoint(config, checkpoint, config_path);
   std::shared_ptr<CausalLM> model;
   {
     DefaultDtype building_in(dtype);
     model = std::make_shared<CausalLM>(config, tp);
   }
-  io::Checkpoint checkpoint(dir);
   std::unique_ptr<QuantizedWeightReader> quantized = quantized_weight_reader(config_json, config_path, checkpoint);
   torch::NoGradGuard no_grad;
   const auto& entries = model->weights().entries();
   log::Progress progress("loading " + dir, static_cast<int64_t>(entries.size()), "tensors", 5.0);
   for (const WeightEntry& e : entries) {
     if (!quantized || !quantized->load(e)) load_entry(e, checkpoint, dir);
+    check_finite(e, checkpoint, dir);
     progress.advance();
   }
   if (device != torch::Device(torch::kCPU)) model->to(device);
@@ -159,6 +214,8 @@ torch::Tensor interleaved_to_rotate_half(const torch::Tensor& w, int64_t heads) 
 }  // namespace
 
 void convert_llama2c(const std::string& path, const std::string& tokenizer_path, const std::string& out_dir) {
+  check_input_file(path, "a llama2.c checkpoint (.bin)");
+  if (!tokenizer_path.empty()) check_input_file(tokenizer_path, "a llama2.c tokenizer (.bin)");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open the llama2.c checkpoint", path));
   Llama2cHeader h{};
@@ -171,6 +228,12 @@ void convert_llama2c(const std::string& path, const std::string& tokenizer_path,
   if (vocab == 0 || h.dim % h.n_heads != 0 || h.n_heads % h.n_kv_heads != 0)
     throw Error(fmt::format("{}: inconsistent llama2.c header (dim {}, heads {}, kv heads {}, vocab {})", path, h.dim,
                             h.n_heads, h.n_kv_heads, h.vocab_size));
+  if (!tokenizer_path.empty()) {  // parsed before anything is written: one of this vocabulary
+    const int64_t pieces = tok::load_tokenizer(tokenizer_path)->vocab_size();
+    if (pieces != vocab)
+      throw Error(fmt::format("{}: the tokenizer has {} pieces, but the checkpoint {} has a vocabulary of {}; expected "
+                              "the tokenizer it was trained with", tokenizer_path, pieces, path, vocab));
+  }
   const int64_t dim = h.dim, hidden = h.hidden_dim, layers = h.n_layers, head_dim = dim / h.n_heads;
   const int64_t kv_dim = h.n_kv_heads * head_dim;
 
@@ -184,16 +247,18 @@ void convert_llama2c(const std::string& path, const std::string& tokenizer_path,
                                {"rms_final", {dim}},            {"freq_cis", {2, h.seq_len, head_dim / 2}}};
   if (!shared_classifier) blocks.push_back({"wcls", {vocab, dim}});
   int64_t expected = sizeof h;
+  bool overflow = false;
   for (const auto& b : blocks) {
-    int64_t n = 1;
-    for (int64_t s : b.shape) n *= s;
-    expected += n * 4;
+    int64_t n = 4;
+    for (int64_t s : b.shape) overflow |= __builtin_mul_overflow(n, s, &n);
+    overflow |= __builtin_add_overflow(expected, n, &expected);
   }
   const int64_t actual = static_cast<int64_t>(fs::file_size(path));
-  if (actual != expected)
+  if (overflow || actual != expected)
     throw Error(fmt::format("{}: {} bytes, but its header (dim {}, hidden {}, layers {}, heads {}, kv heads {}, vocab {}, "
                             "seq_len {}) implies {} bytes", path, actual, h.dim, h.hidden_dim, h.n_layers, h.n_heads,
-                            h.n_kv_heads, h.vocab_size, h.seq_len, expected));
+                            h.n_kv_heads, h.vocab_size, h.seq_len,
+                            overflow ? std::string("more than 2^63") : std::to_string(expected)));
   std::map<std::string, torch::Tensor> raw;
   for (const auto& b : blocks) {
     torch::Tensor t = torch::empty(b.shape, torch::kFloat);
@@ -230,15 +295,17 @@ void convert_llama2c(const std::string& path, const std::string& tokenizer_path,
   if (!shared_classifier) tensors.emplace_back("lm_head.weight", raw["wcls"]);
   for (auto& [name, t] : tensors) t = t.contiguous();
 
-  fs::create_directories(out_dir);
-  io::save_checkpoint(out_dir, tensors, 0, {{"format", "pt"}, {"source", "llama2.c " + fs::path(path).filename().string()}});
-  write_file_atomically((fs::path(out_dir) / "config.json").string(), c.to_json().dump(2) + "\n");
+  AtomicDirectory out(out_dir, /*owner=*/true);  // appears under out_dir once complete
+  io::save_checkpoint(out.temp_path(), tensors, 0,
+                      {{"format", "pt"}, {"source", "llama2.c " + fs::path(path).filename().string()}});
+  write_file_atomically((fs::path(out.temp_path()) / "config.json").string(), c.to_json().dump(2) + "\n");
   if (!tokenizer_path.empty()) {
     std::ifstream tok(tokenizer_path, std::ios::binary);
     if (!tok) throw Error(fmt::format("{}: cannot open the tokenizer", tokenizer_path));
     std::string bytes((std::istreambuf_iterator<char>(tok)), std::istreambuf_iterator<char>());
-    write_file_atomically((fs::path(out_dir) / "tokenizer.bin").string(), bytes);
+    write_file_atomically((fs::path(out.temp_path()) / "tokenizer.bin").string(), bytes);
   }
+  out.commit();
 }
 
 }  // namespace qforge::model

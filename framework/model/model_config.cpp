@@ -1,9 +1,11 @@
 #include "framework/model/model_config.h"
 
+#include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
 
 namespace qforge::model {
@@ -54,6 +56,39 @@ void require_positive(int64_t value, const char* key, const std::string& source)
   if (value <= 0) throw Error(fmt::format("{}: key '{}' must be positive, got {}", source, key, value));
 }
 
+// Sizes no published model comes near, kept well below where products of them (weights, their bytes, the memory
+// plan's terms) overflow 64 bits: a typo such as a hidden_size of 1e12 is refused before anything is allocated.
+constexpr int64_t kMaxParameters = int64_t{1} << 42;  // 4.4 trillion
+
+void check_plausible(const ModelConfig& c, const std::string& source) {
+  struct Bound { int64_t value; const char* key; int64_t max; };
+  for (const Bound& b : {Bound{c.vocab_size, "vocab_size", 1 << 24}, Bound{c.hidden_size, "hidden_size", 1 << 20},
+                         Bound{c.intermediate_size, "intermediate_size", 1 << 22},
+                         Bound{c.num_layers, "num_hidden_layers", 1 << 16},
+                         Bound{c.num_heads, "num_attention_heads", 1 << 16},
+                         Bound{c.max_positions, "max_position_embeddings", 1 << 28},
+                         Bound{c.word_embed_proj_dim, "word_embed_proj_dim", 1 << 20}})
+    if (b.value > b.max)
+      throw Error(fmt::format("{}: key '{}' is {}, implausibly large (expected at most {}); is config.json damaged?",
+                              source, b.key, b.value, b.max));
+  // Embedding, head and per-layer linears, in overflow-checked arithmetic.
+  int64_t per_layer = 0, embed = 0, total = 0, linear = 0;
+  bool overflow = __builtin_mul_overflow(c.hidden_size, c.hidden_size, &linear);
+  overflow |= __builtin_mul_overflow(linear, int64_t{4}, &per_layer);
+  overflow |= __builtin_mul_overflow(c.hidden_size, c.intermediate_size, &linear);
+  overflow |= __builtin_mul_overflow(linear, int64_t{3}, &linear);
+  overflow |= __builtin_add_overflow(per_layer, linear, &per_layer);
+  overflow |= __builtin_mul_overflow(per_layer, c.num_layers, &total);
+  overflow |= __builtin_mul_overflow(c.vocab_size, std::max(c.hidden_size, c.word_embed_proj_dim), &embed);
+  overflow |= __builtin_mul_overflow(embed, int64_t{2}, &embed);
+  overflow |= __builtin_add_overflow(total, embed, &total);
+  if (overflow || total > kMaxParameters)
+    throw Error(fmt::format("{}: hidden_size {}, intermediate_size {}, num_hidden_layers {} and vocab_size {} imply {} "
+                            "parameters, implausibly many (expected at most {}); is config.json damaged?",
+                            source, c.hidden_size, c.intermediate_size, c.num_layers, c.vocab_size,
+                            overflow ? std::string("more than 2^63") : std::to_string(total), kMaxParameters));
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
@@ -98,6 +133,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
                             {c.num_heads, "num_attention_heads"}, {c.num_kv_heads, "num_key_value_heads"},
                             {c.max_positions, "max_position_embeddings"}})
     require_positive(value, key, source);
+  check_plausible(c, source);
   if (c.hidden_size % c.num_heads != 0)
     throw Error(fmt::format("{}: hidden_size {} is not a multiple of num_attention_heads {}", source, c.hidden_size, c.num_heads));
   if (c.num_heads % c.num_kv_heads != 0)
@@ -107,6 +143,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
 }
 
 json ModelConfig::read_file(const std::string& path) {
+  check_input_file(path, "the model's config.json");
   std::ifstream in(path);
   if (!in) throw Error(fmt::format("{}: cannot open the model's config.json", path));
   try {

@@ -1,5 +1,6 @@
 #include "framework/tokenizer/bpe.h"
 
+#include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
 
 #include <fmt/format.h>
@@ -37,6 +38,7 @@ struct MergesLater {
 }  // namespace
 
 std::string read_tokenizer_file(const std::string& path) {
+  check_input_file(path, "a tokenizer file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open the tokenizer file ({})", path, std::strerror(errno)));
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -73,9 +73,17 @@ std::string read_text(const fs::path& path) {
   return text.str();
 }
 
+// Every tensor of a checkpoint file; NaN or Inf (which would surface only as a gradient norm of nan) is refused,
+// naming the file and the tensor.
 std::vector<std::pair<std::string, torch::Tensor>> read_all(const io::SafetensorsFile& file) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& [name, info] : file.tensors()) tensors.emplace_back(name, file.read(name, info.dtype));
+  for (const auto& [name, info] : file.tensors()) {
+    tensors.emplace_back(name, file.read(name, info.dtype));
+    const torch::Tensor& t = tensors.back().second;
+    if (t.is_floating_point() && t.numel() > 0 && !torch::isfinite(t).all().item<bool>())
+      throw Error(fmt::format("{}: tensor '{}' holds NaN or infinite values; expected a finite training state "
+                              "(resume from an earlier checkpoint)", file.path(), name));
+  }
   return tensors;
 }
 

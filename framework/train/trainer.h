@@ -47,18 +47,21 @@ struct TrainSettings {  // config section `train`
 
   template <class V>
   void visit(V& v) {
+    // AdamW's ranges (torch.optim.AdamW refuses the same values); NaN fails every comparison.
+    auto positive = [](double x) { return x > 0 && x < 1e30 ? std::string() : std::string("a finite number > 0"); };
+    auto below_one = [](double x) { return x >= 0 && x < 1 ? std::string() : std::string("in [0, 1)"); };
     v("global_batch", global_batch, config::at_least(1));
     v("micro_batch", micro_batch, config::at_least(1));
     v("epochs", epochs, config::at_least(1));
     v("max_steps", max_steps, config::at_least(0));
-    v("lr", lr, config::at_least(0));
+    v("lr", lr, positive);
     v("min_lr", min_lr, config::at_least(0));
     v("schedule", schedule, config::one_of({"cosine", "linear", "constant"}));
     v("warmup_steps", warmup_steps, config::at_least(0));
     v("weight_decay", weight_decay, config::at_least(0));
-    v("beta1", beta1, config::at_least(0));
-    v("beta2", beta2, config::at_least(0));
-    v("eps", eps, config::at_least(0));
+    v("beta1", beta1, below_one);
+    v("beta2", beta2, below_one);
+    v("eps", eps, positive);
     v("max_grad_norm", max_grad_norm, config::at_least(0));
     v("zero", zero);
     v("bucket_mb", bucket_mb, [](double mb) { return mb > 0 ? std::string() : std::string("> 0"); });
