@@ -297,13 +297,40 @@ class Hdf5Quiet {
   void* data_ = nullptr;
 };
 
+// Why the last HDF5 call failed, from the error stack: the system's message where a system call failed (HDF5's
+// file drivers record "error message = 'No space left on device'"), else the innermost description.
+std::string hdf5_reason() {
+  std::string reason, system;
+  std::pair<std::string*, std::string*> found(&reason, &system);
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_UPWARD,
+      [](unsigned, const H5E_error2_t* entry, void* data) -> herr_t {
+        auto* out = static_cast<std::pair<std::string*, std::string*>*>(data);
+        const std::string desc = entry->desc ? entry->desc : "";
+        if (out->first->empty()) *out->first = desc;
+        const std::string key = "error message = '";
+        const size_t at = desc.find(key);
+        if (at != std::string::npos && out->second->empty())
+          *out->second = desc.substr(at + key.size(), desc.find('\'', at + key.size()) - at - key.size());
+        return 0;
+      },
+      &found);
+  return system.empty() ? reason : system;
+}
+
+[[noreturn]] void hdf5_failed(const char* call, const std::string& path) {
+  const std::string reason = hdf5_reason();
+  throw Error(
+      fmt::format("HDF5 call {} failed on corpus file '{}'{}", call, path, reason.empty() ? "" : ": " + reason));
+}
+
 hid_t check_id(hid_t id, const char* call, const std::string& path) {
-  if (id < 0) throw Error(fmt::format("HDF5 call {} failed on corpus file '{}'", call, path));
+  if (id < 0) hdf5_failed(call, path);
   return id;
 }
 
 void check_status(herr_t status, const char* call, const std::string& path) {
-  if (status < 0) throw Error(fmt::format("HDF5 call {} failed on corpus file '{}'", call, path));
+  if (status < 0) hdf5_failed(call, path);
 }
 
 // An HDF5 identifier closed on destruction (unchecked) or by close() (checked).

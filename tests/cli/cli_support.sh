@@ -7,8 +7,10 @@ trap 'rm -rf "$work"' EXIT
 failures=0
 passes=0
 
-check() {  # check NAME CONDITION-EXIT-CODE
-  if [ "$2" -eq 0 ]; then passes=$((passes + 1)); echo "ok   $1"; else failures=$((failures + 1)); echo "FAIL $1"; fi
+check() {  # check NAME CONDITION-EXIT-CODE; prints the seconds since the script started, to see where time goes
+  local at
+  at=$(printf '%4d s' "$SECONDS")
+  if [ "$2" -eq 0 ]; then passes=$((passes + 1)); echo "ok   $at  $1"; else failures=$((failures + 1)); echo "FAIL $at  $1"; fi
   return "$2"
 }
 run() {  # run OUT ERR -- command...: stores exit code in $code
