@@ -19,7 +19,8 @@ class ScratchDir {
  public:
   ScratchDir() {
     const std::filesystem::path shm = "/dev/shm";
-    const std::filesystem::path base = std::filesystem::is_directory(shm) ? shm : std::filesystem::temp_directory_path();
+    const std::filesystem::path base =
+        std::filesystem::is_directory(shm) ? shm : std::filesystem::temp_directory_path();
     path_ = (base / ("qforge-fuzz." + std::to_string(::getpid()))).string();
     std::filesystem::remove_all(path_);
     std::filesystem::create_directories(path_);
