@@ -13,6 +13,7 @@ PACKAGES=(
   libgtest-dev                       # tests
   nlohmann-json3-dev libfmt-dev      # JSON (config.json, safetensors headers); formatting
   libpcre2-dev                       # regex: GPT-2's pre-tokenizer
+  clang-14 libclang-rt-14-dev        # tests/fuzz: libFuzzer, AddressSanitizer, UndefinedBehaviorSanitizer
   python3-torch python3-h5py python3-numpy python3-sentencepiece  # independent references in tests (/usr/bin/python3)
 )
 

@@ -266,16 +266,20 @@ GptqQuantizationConfig parse_gptq_quantization_config(const nlohmann::json& json
   const auto* method = field("quant_method", true);
   if (!method->is_string() || method->get<std::string>() != "gptq")
     throw bad("quant_method", "must be \"gptq\", got " + method->dump());
-  const auto* bits = field("bits", true);
-  if (!bits->is_number_integer()) throw bad("bits", "must be an integer, got " + bits->dump());
-  config.bits = bits->get<int>();
-  if (config.bits != 2 && config.bits != 3 && config.bits != 4 && config.bits != 8)
-    throw bad("bits", "must be 2, 3, 4 or 8, got " + bits->dump());
-  const auto* group = field("group_size", true);
-  if (!group->is_number_integer()) throw bad("group_size", "must be an integer, got " + group->dump());
-  config.group_size = group->get<int64_t>();
+  // An integer JSON holds as unsigned above int64's range would wrap (2^64 - 1 to -1): not an integer here.
+  const auto integer = [&](const std::string& key) {
+    const auto* v = field(key, true);
+    if (!v->is_number_integer() || (v->is_number_unsigned() && v->get<uint64_t>() > INT64_MAX))
+      throw bad(key, "must be an integer, got " + v->dump());
+    return v->get<int64_t>();
+  };
+  const int64_t bits = integer("bits");
+  if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
+    throw bad("bits", "must be 2, 3, 4 or 8, got " + std::to_string(bits));
+  config.bits = static_cast<int>(bits);
+  config.group_size = integer("group_size");
   if (config.group_size == 0 || config.group_size < -1)
-    throw bad("group_size", "must be -1 (one group per row) or positive, got " + group->dump());
+    throw bad("group_size", "must be -1 (one group per row) or positive, got " + std::to_string(config.group_size));
   boolean("desc_act", config.desc_act);
   boolean("sym", config.sym);
   boolean("static_groups", config.static_groups);

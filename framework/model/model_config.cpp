@@ -19,7 +19,9 @@ class JsonFields {
 
   int64_t integer(const char* key) const {
     const json& v = at(key);
-    if (!v.is_number_integer()) throw Error(fmt::format("{}: key '{}' must be an integer, got {}", source_, key, v.dump()));
+    // An unsigned integer above int64's range would wrap (2^64 - 1 to -1): not an integer here.
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX))
+      throw Error(fmt::format("{}: key '{}' must be an integer of at most 2^63 - 1, got {}", source_, key, v.dump()));
     return v.get<int64_t>();
   }
   int64_t integer(const char* key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
