@@ -87,15 +87,36 @@ class BadCheckpoint : public ::testing::Test {
   std::unique_ptr<SharedDir> dir_;
 };
 
+// Checked before the model is allocated, against the checkpoint's tensors.
 TEST_F(BadCheckpoint, ShapeThatDisagreesWithConfigJson) {
   std::string e = load_error([](nlohmann::json& c) { c["intermediate_size"] = 64; });
-  EXPECT_NE(e.find("tensor 'model.layers.0.mlp.gate_proj.weight' has shape [48, 32], config.json implies [64, 32]"),
-            std::string::npos) << e;
+  EXPECT_NE(e.find("config.json: hidden_size and intermediate_size imply tensor 'model.layers.0.mlp.down_proj.weight' "
+                   "of shape [32, 64], but"), std::string::npos) << e;
+  EXPECT_NE(e.find("model.safetensors stores it as [32, 48]"), std::string::npos) << e;
 }
 
-TEST_F(BadCheckpoint, MissingTensor) {
+TEST_F(BadCheckpoint, MoreLayersThanTheCheckpoint) {
   std::string e = load_error([](nlohmann::json& c) { c["num_hidden_layers"] = 3; });
-  EXPECT_NE(e.find("the checkpoint has no tensor 'model.layers.2.input_layernorm.weight'"), std::string::npos) << e;
+  EXPECT_NE(e.find("config.json: num_hidden_layers is 3, but"), std::string::npos) << e;
+  EXPECT_NE(e.find("holds tensors of layers 0..1 only"), std::string::npos) << e;
+}
+
+TEST_F(BadCheckpoint, FewerLayersThanTheCheckpointNamesTheUnusedTensors) {
+  std::string e = load_error([](nlohmann::json& c) { c["num_hidden_layers"] = 1; });
+  EXPECT_NE(e.find("config.json: num_hidden_layers is 1, but"), std::string::npos) << e;
+  EXPECT_NE(e.find("model.safetensors holds layers up to 1"), std::string::npos) << e;
+  EXPECT_NE(e.find("(model.layers.1."), std::string::npos) << e;
+  EXPECT_NE(e.find("expected num_hidden_layers 2"), std::string::npos) << e;
+}
+
+TEST_F(BadCheckpoint, ImplausibleSizesAreRefusedBeforeAllocating) {
+  std::string e = load_error([](nlohmann::json& c) { c["hidden_size"] = int64_t{1000000000000}; });
+  EXPECT_NE(e.find("config.json: key 'hidden_size' is 1000000000000, implausibly large"), std::string::npos) << e;
+  e = load_error([](nlohmann::json& c) {
+    c["hidden_size"] = 1 << 20, c["intermediate_size"] = 1 << 22, c["num_hidden_layers"] = 1 << 16;
+    c["num_attention_heads"] = 1 << 10, c["num_key_value_heads"] = 1 << 10;
+  });
+  EXPECT_NE(e.find("parameters, implausibly many"), std::string::npos) << e;
 }
 
 TEST_F(BadCheckpoint, ConfigJsonErrorsNameTheKey) {

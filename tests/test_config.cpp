@@ -169,6 +169,55 @@ TEST_F(ConfigTest, AtomicFileLeavesNothingWhenNotCommitted) {
   EXPECT_EQ(text, "whole");
 }
 
+TEST_F(ConfigTest, AtomicDirectoryAppearsOnlyWhenCommitted) {
+  const std::string path = (dir_ / "out").string();
+  {
+    AtomicDirectory out(path, /*owner=*/true);
+    EXPECT_EQ(out.temp_path(), (dir_ / ".out.partial").string());
+    std::ofstream(out.temp_path() + "/half.bin") << "half";
+  }
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 0);  // nothing left
+  {
+    AtomicDirectory out(path, true);
+    std::ofstream(out.temp_path() + "/a.txt") << "new";
+    EXPECT_FALSE(fs::exists(path));
+    out.commit();
+  }
+  EXPECT_TRUE(fs::exists(path + "/a.txt"));
+  std::ofstream(path + "/keep.txt") << "other";
+  {
+    AtomicDirectory out(path + "/", true);  // into an existing directory: each entry replaces its namesake
+    std::ofstream(out.temp_path() + "/a.txt") << "newer";
+    out.commit();
+  }
+  std::ifstream in(path + "/a.txt");
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()), "newer");
+  EXPECT_TRUE(fs::exists(path + "/keep.txt"));
+  EXPECT_FALSE(fs::exists(dir_ / ".out.partial"));
+}
+
+TEST_F(ConfigTest, DuplicateKeysNameFileKeyAndBothLines) {
+  EXPECT_EQ(error_of("log:\n  level: info\n  level: debug\n"),
+            (dir_ / "c.yaml").string() + ":3: duplicate key 'log.level' (first at line 2); write each key once");
+  EXPECT_NE(error_of("train:\n  lr: 1\nlog: {}\ntrain:\n  lr: 2\n").find(":4: duplicate key 'train' (first at line 1)"),
+            std::string::npos);
+  fs::create_directories(dir_ / "d.yaml");
+  try {
+    config::load<QforgeConfig>((dir_ / "d.yaml").string(), {});
+    FAIL();
+  } catch (const config::ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), (dir_ / "d.yaml").string() + ": is a directory; expected a YAML config file");
+  }
+}
+
+TEST_F(ConfigTest, OptimizerRangesNameTheKey) {
+  EXPECT_EQ(error_of("", {"train.beta1=1.5"}), "--set train.beta1=1.5: key 'train.beta1' must be in [0, 1), got '1.5'");
+  EXPECT_NE(error_of("", {"train.beta2=1"}).find("key 'train.beta2' must be in [0, 1)"), std::string::npos);
+  EXPECT_NE(error_of("", {"train.eps=0"}).find("key 'train.eps' must be a finite number > 0"), std::string::npos);
+  EXPECT_NE(error_of("", {"train.lr=.nan"}).find("key 'train.lr' must be a finite number > 0"), std::string::npos);
+  EXPECT_EQ(error_of("", {"train.beta1=0", "train.beta2=0.95", "train.eps=1e-6", "train.lr=3e-4"}), "");
+}
+
 // ---- command line ----------------------------------------------------------------------------------------
 
 TEST(CommandLine, SharedOptionsBecomeOverrides) {

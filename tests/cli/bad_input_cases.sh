@@ -27,34 +27,21 @@ expect "YAML: train.lr written twice" 2 "dup_train.yaml:3: duplicate key 'train.
 expect "--config DIR names the directory" 2 "$y/dir.yaml: is a directory" -- $Q env --config "$y/dir.yaml"
 expect "--config of a missing file" 2 "$y/absent.yaml: cannot open the config file" -- $Q env --config "$y/absent.yaml"
 expect "YAML syntax error" 2 "$y/syntax.yaml:@@YAML syntax error" -- $Q env --config "$y/syntax.yaml"
-expect "YAML list at the top level" 2 "$y/list.yaml:1: the config file must be a mapping" \
-  -- $Q env --config "$y/list.yaml"
 expect "YAML unknown key" 2 "$y/unknown.yaml:2: unknown key 'parallel.tpp'" -- $Q env --config "$y/unknown.yaml"
-expect "YAML wrong type" 2 "$y/type.yaml:2: key 'parallel.tp' must be an integer" -- $Q env --config "$y/type.yaml"
-expect "YAML scalar for a section" 2 "key 'parallel' must be a mapping" -- $Q env --config "$y/section_scalar.yaml"
 expect "YAML train.beta1 1.5" 2 "$y/beta1.yaml:2: key 'train.beta1' must be in [0, 1)" \
   -- $Q env --config "$y/beta1.yaml"
 expect "--set without =" 2 "--set parallel.tp: expected KEY.PATH=VALUE" -- $Q env --set parallel.tp
 expect "--set value that is not YAML" 2 "--set log.level=[: the value is not valid YAML" -- $Q env --set 'log.level=['
 expect "--set empty key part" 2 "the key path 'log..level' has an empty part" -- $Q env --set log..level=info
-expect "--set unknown key" 2 "--set train.beta3=0.5: unknown key 'train.beta3'" -- $Q env --set train.beta3=0.5
-for bad in train.beta1=1.5 train.beta1=-0.1 train.beta2=1 train.eps=0 train.lr=0 train.lr=-1 train.weight_decay=-0.1 \
-  train.beta1=.nan train.global_batch=0 train.max_grad_norm=-1 train.bucket_mb=0; do
+for bad in train.beta1=1.5 train.beta2=1 train.eps=0 train.lr=0 train.weight_decay=-0.1 train.beta1=.nan; do
   expect "--set $bad is out of range" 2 "--set $bad: key '${bad%%=*}' must be" -- $Q env --set "$bad"
 done
 expect "runtime.threads=100000 names the key and the allowed range" 2 \
   "runtime.threads = 100000 is out of range: expected 0.." \
   -- $Q env --set runtime.threads=100000
 expect "runtime.threads=-1" 2 "key 'runtime.threads' must be a value >= 0" -- $Q env --set runtime.threads=-1
-expect "log.level not one of the levels" 2 "key 'log.level' must be one of" -- $Q env --set log.level=loud
-expect "model.dtype float8" 2 "key 'model.dtype' must be one of" -- $Q env --set model.dtype=float8
-expect "output.max_shard_gb 0" 2 "key 'output.max_shard_gb' must be > 0" -- $Q env --set output.max_shard_gb=0
 expect "generate_text.top_p 1.5" 2 "key 'generate_text.top_p' must be in (0, 1]" -- $Q env --set generate_text.top_p=1.5
-expect "eval.batch_size 0" 2 "key 'eval.batch_size' must be a value >= 1" -- $Q env --set eval.batch_size=0
 expect "unknown command" 2 "unknown command 'frobnicate'" -- $Q frobnicate
-expect "unknown option" 2 "qforge env: unknown option '--frob'" -- $Q env --frob
-expect "option without its value" 2 "option '--config' needs a value" -- $Q env --config
-expect "flag given a value" 2 "option '--log-all-ranks' takes no value" -- $Q env --log-all-ranks=yes
 
 # ---- ranks that disagree (mpiexec -np 2) -----------------------------------------------------------------------
 M=("$MPIEXEC" --oversubscribe)
@@ -87,20 +74,14 @@ done <<EOF
 1|cfg_hidden_64|/config.json: vocab_size and hidden_size imply
 1|cfg_more_layers|/config.json: num_hidden_layers is 4@@layers 0..0 only
 1|cfg_not_json|/config.json: not valid JSON
-1|cfg_array|/config.json: expected a JSON object
 1|cfg_type_gpt2|/config.json: model_type 'gpt2' is not supported
-1|cfg_hidden_string|/config.json: key 'hidden_size' must be an integer
 1|cfg_heads_3|/config.json: hidden_size 32 is not a multiple
-1|cfg_kv_heads_3|/config.json: num_attention_heads 4 is not a multiple
-1|cfg_act_gelu|/config.json: hidden_act 'gelu' is not supported
 1|cfg_no_vocab|/config.json: missing key 'vocab_size'
-1|cfg_positions_negative|/config.json: key 'max_position_embeddings' must be positive
 1|cfg_missing|/config.json: cannot open
 1|cfg_directory|/config.json: is a directory
 1|$work/nowhere|/config.json: cannot open
 1|st_truncated|/model.safetensors' gives tensor@@(is it truncated?)
 1|st_empty|/model.safetensors' is empty
-1|st_short|/model.safetensors' is 5 bytes long
 1|st_header_huge|/model.safetensors' declares a header length
 1|st_header_garbage|/model.safetensors'
 1|st_missing|
@@ -114,7 +95,6 @@ done <<EOF
 1|h_shape_negative|/model.safetensors' gives tensor@@expected a list of non-negative integers
 1|h_shape_span|/model.safetensors' gives tensor@@the shape needs
 1|h_shape_overflow|/model.safetensors'@@more than 2^63
-1|h_offsets_past_end|/model.safetensors'@@past the end
 1|h_overlap|/model.safetensors'@@overlap
 1|idx_missing_shard|
 1|idx_not_json|/model.safetensors.index.json

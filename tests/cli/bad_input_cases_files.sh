@@ -14,8 +14,6 @@ expect "tokenizer.json without a model" 1 "$B/tok_garbage.json" -- $(ppl) "$F/ti
 expect "vocab.json without merges.txt" 1 "merges.txt" -- $(ppl) "$F/tiny" --tokenizer "$B/tok_vocab_only/vocab.json"
 expect "tokenizer directory without a tokenizer" 1 "$work/yaml: is a directory without a tokenizer" \
   -- $(ppl) "$F/tiny" --tokenizer "$work/yaml"
-expect "tokenizer missing" 1 "$work/absent.bin: cannot open the tokenizer file" \
-  -- $(ppl) "$F/tiny" --tokenizer "$work/absent.bin"
 expect "model directory without a tokenizer" 2 "$B/no_tokenizer has no tokenizer.model" -- $(ppl) "$B/no_tokenizer"
 
 # ---- convert llama2c -------------------------------------------------------------------------------------------
@@ -27,19 +25,12 @@ expect "convert: a tokenizer it cannot parse" 1 "$B/tok_garbage.bin" "$W/conv2" 
   -- $Q convert llama2c --in "$F/stories260K.bin" --tokenizer "$B/tok_garbage.bin" --out "$W/conv2"
 expect "convert: truncated checkpoint" 1 "$B/l2c_truncated.bin: @@bytes, but its header" "$W/conv3" \
   -- "${L2C[@]}" --in "$B/l2c_truncated.bin" --out "$W/conv3"
-expect "convert: checkpoint shorter than the header" 1 \
-  "$B/l2c_short.bin: shorter than the 28-byte llama2.c header" "$W/conv4" \
-  -- "${L2C[@]}" --in "$B/l2c_short.bin" --out "$W/conv4"
 expect "convert: negative dim in the header" 1 "$B/l2c_negative.bin: header field -64 is not positive" "$W/conv5" \
   -- "${L2C[@]}" --in "$B/l2c_negative.bin" --out "$W/conv5"
 expect "convert: a 2^30 dim gives no negative byte count" 1 \
   "$B/l2c_dim_2p30.bin: @@implies more than 2^63 bytes" "$W/conv6" \
   -- "${L2C[@]}" --in "$B/l2c_dim_2p30.bin" --out "$W/conv6"
 expect "convert: --in a directory" 1 "$F/st: is a directory" "$W/conv7" -- "${L2C[@]}" --in "$F/st" --out "$W/conv7"
-expect "convert: --in missing" 1 "$work/absent.bin: cannot open the llama2.c checkpoint" "$W/conv8" \
-  -- "${L2C[@]}" --in "$work/absent.bin" --out "$W/conv8"
-expect "convert: unknown format" 2 "unknown format 'gguf'" "$W/conv9" \
-  -- $Q convert gguf --in "$F/stories260K.bin" --out "$W/conv9"
 
 # ---- text, eval --------------------------------------------------------------------------------------------------
 expect "--text DIR names the directory" 1 "$work/yaml: is a directory; expected a text file" \
@@ -47,9 +38,6 @@ expect "--text DIR names the directory" 1 "$work/yaml: is a directory; expected 
 expect "--text missing" 1 "$work/absent.txt: cannot open the text file" \
   -- $Q eval ppl --model "$F/tiny" --text "$work/absent.txt"
 expect "--text without text" 1 "$B/empty.txt: holds no text" -- $Q eval ppl --model "$F/tiny" --text "$B/empty.txt"
-expect "eval: unknown kind" 2 "unknown kind 'bleu'" -- $Q eval bleu --model "$F/tiny"
-expect "eval: without --text" 2 "eval.text is required" -- $Q eval ppl --model "$F/tiny"
-expect "eval: --seq-len negative" 2 "key 'eval.seq_len' must be a value >= 0" -- $(ppl) "$F/tiny" --seq-len -4
 expect "eval tasks: unknown task" 2 "frobnicate" \
   -- $Q eval tasks --model "$F/tiny" --tasks frobnicate --data-dir "$work"
 
@@ -61,11 +49,6 @@ expect "init-model --hidden 1e12" 2 "--hidden must be a non-negative integer, go
   -- $Q init-model --out "$W/init2" --hidden 1e12
 expect "init-model --hidden 2^30 --layers 4: parameters beyond any model" 2 "implausibly" "$W/init3" \
   -- $Q init-model --out "$W/init3" --hidden 1048576 --layers 65536 --intermediate 16 --heads 4
-expect "init-model --layers 0" 2 "expected positive --hidden, --layers" "$W/init4" \
-  -- $Q init-model --out "$W/init4" --layers 0
-expect "init-model --std 0" 2 "--std must be a number in (0, 10]" "$W/init5" -- $Q init-model --out "$W/init5" --std 0
-expect "init-model --family gpt" 2 "--family must be llama or opt" "$W/init6" \
-  -- $Q init-model --out "$W/init6" --family gpt
 
 # ---- qat outputs -------------------------------------------------------------------------------------------------
 printf 'x' >"$work/a_file"
@@ -84,15 +67,12 @@ expect "qat: a truncated corpus" 1 "$B/corpus_truncated.h5" "$W/qat5/student" \
   -- "${QAT[@]}" --corpus "$B/corpus_truncated.h5" --output "$W/qat5"
 expect "qat: train.beta1=1.5" 2 "key 'train.beta1' must be in [0, 1)" "$W/qat6" \
   -- "${QAT[@]}" --output "$W/qat6" --set train.beta1=1.5
-expect "qat: --quant 4-8 (two widths)" 2 "key 'quant.bits' must be W-A-KV bit widths" "$W/qat7" \
-  -- "${QAT[@]}" --output "$W/qat7" --quant 4-8
 
 # ---- ptq, GPTQ-format directories, corpora -------------------------------------------------------------------------
 expect "ptq: --calib DIR" 1 "$work/yaml: is a directory" "$W/ptq1" \
   -- $Q ptq --model "$F/tiny" --output "$W/ptq1" --calib "$work/yaml" --wbits 4
 expect "ptq: --calib-corpus not HDF5" 1 "$B/corpus_text.h5" "$W/ptq2" \
   -- $Q ptq --model "$F/tiny" --output "$W/ptq2" --calib-corpus "$B/corpus_text.h5" --wbits 4
-expect "ptq: --wbits 9" 2 "ptq.wbits" "$W/ptq3" -- $Q ptq --model "$F/tiny" --output "$W/ptq3" --calib "$T" --wbits 9
 expect "ptq: gptq without calibration" 2 "needs calibration data" "$W/ptq4" \
   -- $Q ptq --model "$F/tiny" --output "$W/ptq4"
 expect "ptq: a NaN weight" 1 "w_nan/model.safetensors" "$W/ptq5" \

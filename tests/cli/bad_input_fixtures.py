@@ -102,20 +102,14 @@ def main():
     model_dir("cfg_fewer_layers", source="st", config_edit=setter(num_hidden_layers=3))
     model_dir("cfg_more_layers", config_edit=setter(num_hidden_layers=4))
     model_dir("cfg_not_json", config_edit=lambda c: "{ not json")
-    model_dir("cfg_array", config_edit=lambda c: "[1, 2]")
     model_dir("cfg_type_gpt2", config_edit=setter(model_type="gpt2"))
-    model_dir("cfg_hidden_string", config_edit=setter(hidden_size="32"))
     model_dir("cfg_heads_3", config_edit=setter(num_attention_heads=3))
-    model_dir("cfg_kv_heads_3", config_edit=setter(num_key_value_heads=3, num_attention_heads=4))
-    model_dir("cfg_act_gelu", config_edit=setter(hidden_act="gelu"))
     model_dir("cfg_no_vocab", config_edit=lambda c: c.pop("vocab_size") and None)
-    model_dir("cfg_positions_negative", config_edit=setter(max_position_embeddings=-1))
     model_dir("cfg_missing", skip=("config.json",))
     os.makedirs(os.path.join(model_dir("cfg_directory", skip=("config.json",)), "config.json"))
     # model.safetensors
     model_dir("st_truncated", raw=lambda b: b[:len(b) // 2])
     model_dir("st_empty", raw=lambda b: b"")
-    model_dir("st_short", raw=lambda b: b[:5])
     model_dir("st_header_huge", raw=lambda b: struct.pack("<Q", 1 << 40) + b[8:])
     model_dir("st_header_garbage", raw=lambda b: b[:8] + b"\x00\xff" * 8 + b[24:])
     model_dir("st_missing", skip=("model.safetensors",))
@@ -132,16 +126,10 @@ def main():
     model_dir("w_transposed", tensors_edit=lambda t: t.update({q: np.ascontiguousarray(t[q].T[:, :16])}))
     model_dir("w_missing", tensors_edit=lambda t: t.pop("model.layers.0.mlp.up_proj.weight"))
 
-    def header(fn):
-        def edit(h):
-            fn(h)
-        return edit
-    model_dir("h_dtype_f8", header_edit=header(lambda h: h[q].update(dtype="F8")))
-    model_dir("h_shape_negative", header_edit=header(lambda h: h[q].update(shape=[-1, 32])))
-    model_dir("h_shape_span", header_edit=header(lambda h: h[q].update(shape=[33, 32])))
-    model_dir("h_shape_overflow", header_edit=header(lambda h: h[q].update(shape=[2**62, 2**4])))
-    model_dir("h_offsets_past_end", header_edit=header(lambda h: h[q].update(
-        data_offsets=[h[q]["data_offsets"][0] + 10**9, h[q]["data_offsets"][1] + 10**9])))
+    model_dir("h_dtype_f8", header_edit=lambda h: h[q].update(dtype="F8"))
+    model_dir("h_shape_negative", header_edit=lambda h: h[q].update(shape=[-1, 32]))
+    model_dir("h_shape_span", header_edit=lambda h: h[q].update(shape=[33, 32]))
+    model_dir("h_shape_overflow", header_edit=lambda h: h[q].update(shape=[2**62, 2**4]))
 
     def overlap(h):
         other = "model.layers.0.self_attn.k_proj.weight"
@@ -168,7 +156,6 @@ def main():
     with open(os.path.join(F, "stories260K.bin"), "rb") as f:
         llama2c = f.read()
     file("l2c_truncated.bin", llama2c[:len(llama2c) - 1000])
-    file("l2c_short.bin", llama2c[:20])
     file("l2c_negative.bin", struct.pack("<i", -64) + llama2c[4:])
     file("l2c_dim_2p30.bin", struct.pack("<i", 2**30) + llama2c[4:])
     # GPTQ-format exports

@@ -5,9 +5,9 @@
 # from them by bad_input_fixtures.py; cases run several at a time (qforge's start-up dominates).
 # usage: test_bad_input.sh QFORGE MPIEXEC SHARED_DIR [JOBS]   (any qforge binary: run it on an old one to compare)
 set -u
-QFORGE=$1
+QFORGE=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")  # absolute: the cases run in a temporary directory
 MPIEXEC=$2
-SHARED=$3
+SHARED=$(cd "$3" 2>/dev/null && pwd || echo "$3")
 JOBS=${4:-6}
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/cli_support.sh"
@@ -16,6 +16,7 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 start=$SECONDS
+cd "$work" || exit 1  # anything a case writes by mistake lands in the temporary directory
 
 # ---- fixtures --------------------------------------------------------------------------------------------------
 F=$work/fix
@@ -53,9 +54,9 @@ expect() {
 
 run_case() {
   local id=$1 name=$2 code=$3 parts=$4 absent=$5; shift 5
-  local out=$work/cases/$id.out err=$work/cases/$id.err problems=()
+  local out=$work/cases/$id.out err=$work/cases/$id.err problems=() began=$SECONDS
   timeout 40 "$@" >"$out" 2>"$err"
-  local got=$?
+  local got=$? took=$((SECONDS - began))
   if [ "$code" = '!0' ]; then [ $got -ne 0 ] || problems+=("exit 0, expected non-zero")
   elif [ $got -ne "$code" ]; then problems+=("exit $got, expected $code"); fi
   local lines
@@ -76,9 +77,9 @@ run_case() {
     [ -e "$(dirname "$path")/.$(basename "$path").partial" ] && problems+=("a temporary beside $path remains")
   done
   if [ ${#problems[@]} -eq 0 ]; then
-    echo "ok   $name" >"$work/cases/$id.result"
+    printf 'ok   %3d s  %s\n' "$took" "$name" >"$work/cases/$id.result"
   else
-    { echo "FAIL $name: $(IFS=';'; echo "${problems[*]}")"; echo "     \$ ${*: -$#}" | cut -c1-300
+    { printf 'FAIL %3d s  %s: %s\n' "$took" "$name" "$(IFS=';'; echo "${problems[*]}")"; echo "     \$ ${*: -$#}" | cut -c1-300
       sed 's/^/     | /' "$err" | grep -v '^     | \[' | head -5; } >"$work/cases/$id.result"
   fi
 }
