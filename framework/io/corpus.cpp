@@ -3,10 +3,12 @@
 #include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
 #include "framework/log/log.h"
+#include "framework/system/memory.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <hdf5.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -715,6 +717,51 @@ JournalContents read_corpus_journals(const std::string& dir, const CorpusIdentit
   return contents;
 }
 
+namespace {
+
+// An upper bound of the corpus file's size: every dataset uncompressed (deflate grows incompressible data by well
+// under 1%), plus room for HDF5's metadata.
+uint64_t largest_corpus_bytes(const CorpusIdentity& identity) {
+  const uint64_t token_bytes = H5Tget_size(token_file_type(identity.vocab_size));
+  const auto n = static_cast<uint64_t>(identity.num_samples), positions = n * identity.seq_len;
+  const uint64_t data = positions * token_bytes + n * 5 + positions * identity.topk * (token_bytes + 4);
+  return data + data / 50 + (uint64_t{1} << 20);
+}
+
+// Reserves `bytes` for `temp` (beyond its end, which stays where HDF5 puts it), so that a file system too full for
+// the corpus fails here, with one clear error, and never inside HDF5: libhdf5 1.10 leaves a file whose flush failed
+// half closed, and crashes closing it again in MPI_Finalize. Where fallocate is not supported, free space is
+// compared instead.
+void reserve_space(const std::string& temp, const std::string& path, uint64_t bytes) {
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(fmt::format("cannot open '{}' to reserve space: {}", temp, std::strerror(errno)));
+  const int failed = ::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(bytes)) == 0 ? 0 : errno;
+  ::close(fd);
+  uint64_t available = bytes;
+  if (failed == EOPNOTSUPP || failed == ENOSYS) {
+    struct statvfs fs_info = {};
+    if (::statvfs(parent_dir(temp).c_str(), &fs_info) == 0)
+      available = static_cast<uint64_t>(fs_info.f_bavail) * fs_info.f_frsize;
+  } else if (failed != 0) {
+    throw Error(fmt::format("corpus file '{}': cannot reserve the {} it may take: {}", path,
+                            sys::bytes_text(static_cast<int64_t>(bytes)), std::strerror(failed)));
+  }
+  if (available < bytes)
+    throw Error(fmt::format("corpus file '{}': it may take {}, but only {} are free", path,
+                            sys::bytes_text(static_cast<int64_t>(bytes)),
+                            sys::bytes_text(static_cast<int64_t>(available))));
+}
+
+// Gives back what reserve_space reserved past the file's end: shrinking a file frees every block beyond its new
+// end, the reserved ones included.
+void release_reserve(const std::string& temp) {
+  const auto size = static_cast<off_t>(fs::file_size(temp));
+  if (::truncate(temp.c_str(), size + 1) != 0 || ::truncate(temp.c_str(), size) != 0)
+    throw Error(fmt::format("cannot trim '{}': {}", temp, std::strerror(errno)));
+}
+
+}  // namespace
+
 void write_corpus_file(const std::string& path, const CorpusIdentity& identity,
                        const std::map<int64_t, std::vector<int32_t>>& samples,
                        const std::map<int64_t, CorpusTopK>& topk) {
@@ -724,6 +771,7 @@ void write_corpus_file(const std::string& path, const CorpusIdentity& identity,
   AtomicFile output(path);  // removes the temporary if anything below throws
   {
     H5Id file(H5Fcreate(output.temp_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, "H5Fcreate", path);
+    reserve_space(output.temp_path(), path, largest_corpus_bytes(identity));
     write_identity(file.get(), identity, path);
     write_tokens(file.get(), identity, samples, path);
     if (identity.topk > 0) write_topk(file.get(), identity, samples, topk, path);
@@ -733,6 +781,7 @@ void write_corpus_file(const std::string& path, const CorpusIdentity& identity,
     write_vector(file.get(), "complete", H5T_STD_U8LE, H5T_NATIVE_UINT8, std::vector<uint8_t>(lengths.size(), 1), path);
     file.close("H5Fclose", path);
   }
+  release_reserve(output.temp_path());
   fsync_path(output.temp_path());
   output.commit();
   fsync_directory(parent_dir(path));
