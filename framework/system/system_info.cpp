@@ -95,8 +95,11 @@ void warn_if_reference_blas() {
 
 int configure_threads(int threads, int local_ranks) {
   if (threads <= 0) {
+    // The launcher's choice first (Slurm sites set OMP_NUM_THREADS from --cpus-per-task), else an even share.
+    const char* launcher = std::getenv("OMP_NUM_THREADS");
+    const int from_launcher = launcher ? std::atoi(launcher) : 0;
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    threads = std::max(1, cores / std::max(1, local_ranks));
+    threads = from_launcher > 0 ? from_launcher : std::max(1, cores / std::max(1, local_ranks));
   }
   at::set_num_threads(threads);
   if (auto set_openblas = find_symbol<void (*)(int)>("openblas_set_num_threads")) set_openblas(threads);

@@ -21,8 +21,8 @@ BlasInfo detect_blas();
 // Warns (on rank 0) when the BLAS libtorch calls is the slow reference implementation.
 void warn_if_reference_blas();
 
-// Sets libtorch's and OpenBLAS's thread counts: `threads`, or when 0 the node's cores divided among the
-// `local_ranks` processes of this node. Returns the count set.
+// Sets libtorch's and OpenBLAS's thread counts: `threads`, or when 0 OMP_NUM_THREADS where the launcher sets it,
+// else the node's cores divided among the `local_ranks` processes of this node. Returns the count set.
 int configure_threads(int threads, int local_ranks);
 
 // fp32 matmul throughput of an n x n x n product on this rank, in GFLOP/s (best of a few repetitions).
