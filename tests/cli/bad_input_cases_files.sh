@@ -41,6 +41,11 @@ expect "--text without text" 1 "$B/empty.txt: holds no text" -- $Q eval ppl --mo
 expect "eval tasks: unknown task" 2 "frobnicate" \
   -- $Q eval tasks --model "$F/tiny" --tasks frobnicate --data-dir "$work"
 
+# ---- plan: byte counts of a 2^30 dimension (negative before: 64-bit overflow) ------------------------------------
+expect "plan --model with hidden_size 2^30: refused, no negative byte count" 1 \
+  "$B/cfg_hidden_2p30/config.json: key 'hidden_size' is 1073741824, implausibly large" \
+  -- $Q plan --model "$B/cfg_hidden_2p30"
+
 # ---- init-model --------------------------------------------------------------------------------------------------
 expect "init-model --hidden 1000000000000: refused before allocating, nothing written" 2 \
   "key 'hidden_size' is 1000000000000, implausibly large" "$W/init1" \
