@@ -109,14 +109,18 @@ if [ -f "$SHARED/models/stories260K/stories260K.bin" ]; then
   check "generate-text under TP 4 reproduces llama2.c's greedy continuation" $? || show
 
   text="$SHARED/data/tinystories/tinystories_val.txt"
-  run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/stories" --text "$text" --set output.dir="$work/ppl1"
+  # The first 200 KB of TinyStories val (the whole file, a minute here, measures 1.62 in windows of 512; these 1.45;
+  # its first 64 windows 1.39: test_checkpoint); the band catches a broken model or tokenizer (an untrained model
+  # of this vocabulary scores ln 512 = 6.2).
+  head -c 200000 "$text" >"$work/val-200k.txt"
+  run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/stories" --text "$work/val-200k.txt" \
+    --set output.dir="$work/ppl1"
   single=$(grep -o 'mean NLL [0-9.]*' "$work/out" | awk '{print $3}')
-  # The whole file in windows of 512 measures 1.62 (its first 64 windows 1.39: test_checkpoint); the band
-  # catches a broken model or tokenizer (an untrained model of this vocabulary scores ln 512 = 6.2).
   [ $code -eq 0 ] && [ -f "$work/ppl1/perplexity.json" ] && awk -v x="$single" 'BEGIN { exit !(x > 1.30 && x < 1.70) }'
-  check "eval ppl on all of TinyStories val: mean NLL $single nats/token, within 1.30-1.70" $? || show
+  check "eval ppl on 200 KB of TinyStories val: mean NLL $single nats/token, within 1.30-1.70" $? || show
   cat "$work/out"
-  run "$work/out" "$work/err" -- "${MPI[@]}" -np 4 "$QFORGE" eval ppl --model "$work/stories" --text "$text" --set parallel.tp=2
+  run "$work/out" "$work/err" -- "${MPI[@]}" -np 4 "$QFORGE" eval ppl --model "$work/stories" \
+    --text "$work/val-200k.txt" --set parallel.tp=2
   grid=$(grep -o 'mean NLL [0-9.]*' "$work/out" | awk '{print $3}')
   [ $code -eq 0 ] && awk -v a="$single" -v b="$grid" 'BEGIN { d = a - b; exit !(d < 2e-4 && d > -2e-4) }'
   check "eval ppl under TP 2 x DP 2 ($grid) equals one rank ($single)" $? || show
@@ -187,43 +191,47 @@ assert (f['tokens'][...] == h5py.File(sys.argv[2])['tokens'][...]).all()
     cmp -s "$work/dump-killed.json" "$work/dump-whole.json"
     check "killed and resumed corpus equals an uninterrupted run's" $?
 
-    # QAT by distillation on stories260K (corpus above: 160 samples x 64 tokens; 10 epochs of 8-sample steps, so
+    # QAT by distillation on stories260K (corpus above: 160 samples x 64 tokens; 3 epochs of 8-sample steps, so
     # that a signal sent while it trains lands mid-run).
     qat() {  # qat RANKS TP OUTDIR [options...]
       local ranks=$1 tp=$2 out=$3; shift 3
       "${MPI[@]}" -np "$ranks" "$QFORGE" qat --model "$work/stories" --corpus "$work/whole.h5" --output "$out" \
-        --quant 4-8-4 --lr 1e-3 --set train.global_batch=8 --set train.epochs=10 --set parallel.tp="$tp" \
+        --quant 4-8-4 --lr 1e-3 --set train.global_batch=8 --set train.epochs=3 --set parallel.tp="$tp" \
         --set runtime.threads=1 --set log.progress_interval_s=0 "$@"
     }
     run "$work/out" "$work/err" -- qat 4 2 "$work/qat-whole"
     student="$work/qat-whole/student/model.safetensors"
     [ $code -eq 0 ] && [ -f "$student" ] && grep -q '"quant_method": "gptq"' "$work/qat-whole/gptq/config.json" \
-      && grep -q "train: 200/200 steps" "$work/err" && grep -q "student, GPTQ format (gptq)" "$work/out"
-    check "qat 4-8-4 on TP 2 x DP 2: 200 steps, student and GPTQ-format exports, sizes printed" $? || show
+      && grep -q "train: 60/60 steps" "$work/err" && grep -q "student, GPTQ format (gptq)" "$work/out"
+    check "qat 4-8-4 on TP 2 x DP 2: 60 steps, student and GPTQ-format exports, sizes printed" $? || show
     grep -A3 "^model size" "$work/out"
-    run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/qat-whole/student" --text "$text" --seq-len 128 --quant 4-8-4
+    head -c 100000 "$text" >"$work/val-head.txt"  # the first 100 KB: the checks below compare, they need no more
+    run "$work/out" "$work/err" -- "$QFORGE" eval ppl --model "$work/qat-whole/student" --text "$work/val-head.txt" \
+      --seq-len 128 --quant 4-8-4
     [ $code -eq 0 ] && grep -q "fake-quantized W-A-KV 4-8-4: 35 linear layers, 5 attention layers" "$work/err" \
       && grep -q "^perplexity of" "$work/out"
     check "eval ppl of the QAT student with its quantizers active" $? || show
     # The GPTQ-format student reloads with the perplexity of the fake-quantized one (weights on the same grid,
     # scales rounded to fp16), both with the student's activation and KV quantizers (16-8-4: weights as stored).
-    ppl_of() { "$QFORGE" eval ppl --model "$1" --text "$text" --seq-len 128 --quant 16-8-4 2>/dev/null \
+    # Tolerance 2e-3 relative: fp16 scales move each weight by up to 2^-11 of its scale; measured 4e-4 after 200
+    # steps on the whole file, 1.1e-3 after 60 steps on 100 KB. A wrong packing is off by orders of magnitude.
+    ppl_of() { "$QFORGE" eval ppl --model "$1" --text "$work/val-head.txt" --seq-len 128 --quant 16-8-4 2>/dev/null \
                  | sed -n 's/^perplexity of.* \([0-9.]*\)$/\1/p'; }
     fake_ppl=$(ppl_of "$work/qat-whole/student"); gptq_ppl=$(ppl_of "$work/qat-whole/gptq")
-    /usr/bin/python3 -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(abs(a - b) > 1e-3 * a)" \
+    /usr/bin/python3 -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(abs(a - b) > 2e-3 * a)" \
       "$fake_ppl" "$gptq_ppl"
-    check "QAT student reloaded from the GPTQ format: ppl $gptq_ppl vs $fake_ppl fake-quantized (rel tol 1e-3)" $? \
+    check "QAT student reloaded from the GPTQ format: ppl $gptq_ppl vs $fake_ppl fake-quantized (rel tol 2e-3)" $? \
       || show
 
     # SIGTERM to every rank (what Slurm sends at the time limit): a checkpoint, exit 0; --resume finishes the run
     # and ends bit for bit where the uninterrupted one did.
     qat 4 2 "$work/qat-term" >"$work/out" 2>"$work/err" &
     job=$!
-    for _ in $(seq 1 600); do grep -q "train: [3-9]/200\|train: [1-9][0-9]/200" "$work/err" && break; sleep 0.05; done
+    for _ in $(seq 1 600); do grep -q "train: [3-9]/60\|train: [1-5][0-9]/60" "$work/err" && break; sleep 0.05; done
     pkill -TERM -f "^$QFORGE qat .*qat-term"
     wait "$job"; code=$?
     [ $code -eq 0 ] && grep -q "stop signal received" "$work/err" && grep -q "rerun with --resume" "$work/err" \
-      && [ -f "$work/qat-term/checkpoints/latest" ] && ! grep -q "step-00000200" "$work/qat-term/checkpoints/latest" \
+      && [ -f "$work/qat-term/checkpoints/latest" ] && ! grep -q "step-00000060" "$work/qat-term/checkpoints/latest" \
       && [ ! -e "$work/qat-term/student" ]
     check "SIGTERM during qat: checkpoint of $(cat "$work/qat-term/checkpoints/latest" 2>/dev/null), exit 0, no export" $? || show
     run "$work/out" "$work/err" -- qat 4 2 "$work/qat-term" --resume
@@ -238,13 +246,13 @@ assert (f['tokens'][...] == h5py.File(sys.argv[2])['tokens'][...]).all()
     wait "$job"; killed=$?
     run "$work/out" "$work/err" -- qat 2 1 "$work/qat-kill" --set train.save_every=5 --resume
     grep -o "resumed from .*" "$work/err"
-    [ $killed -ne 0 ] && [ $code -eq 0 ] && grep -q "resumed from .*step-00000[01][0-9][05] (step [1-9][0-9]* of 200)" "$work/err"
+    [ $killed -ne 0 ] && [ $code -eq 0 ] && grep -q "resumed from .*step-000000[0-5][05] (step [1-9][0-9]* of 60)" "$work/err"
     check "kill -9 during qat, then --resume: completes from the last checkpoint" $? || show
     run "$work/out" "$work/err" -- qat 2 1 "$work/qat-dp2"
     cmp -s "$work/qat-dp2/student/model.safetensors" "$work/qat-kill/student/model.safetensors"
     check "the killed and resumed student equals an uninterrupted run's, byte for byte" $? || show
 
-    # Checked resume: qat-kill's checkpoints (steps 195 and 200) under other settings or inputs are refused with
+    # Checked resume: qat-kill's checkpoints (steps 55 and 60) under other settings or inputs are refused with
     # one error naming the key and both values; a damaged checkpoint is skipped with a warning naming the file.
     resume_kill() { qat 2 1 "$work/qat-kill" --set train.save_every=5 --resume "$@"; }
     cp "$work/whole.h5" "$work/other.h5"  # the same teacher and size, one token changed
@@ -253,7 +261,7 @@ import h5py, sys
 f = h5py.File(sys.argv[1], 'r+'); f['tokens'][0, 1] = (int(f['tokens'][0, 1]) + 1) % 512; f.close()" "$work/other.h5"
     for case in "--quant 8-8-8|quant.bits: the checkpoint was trained with 4-8-4, this run has 8-8-8" \
                 "--lr 2e-3|train.lr: the checkpoint was trained with 0.001, this run has 0.002" \
-                "--max-steps 150|train.max_steps: the checkpoint was trained with 0, this run has 150" \
+                "--max-steps 50|train.max_steps: the checkpoint was trained with 0, this run has 50" \
                 "--corpus $work/other.h5|corpus.checksum: the checkpoint was trained with "; do
       run "$work/out" "$work/err" -- resume_kill ${case%%|*}
       [ $code -eq 2 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] && grep -qF -- "${case#*|}" "$work/err"
@@ -267,24 +275,24 @@ for i in range(1, 40, 4): data[-i] ^= 0x80
 open(sys.argv[1], 'wb').write(data)" "$1"
     }
     checkpoints="$work/qat-kill/checkpoints"
-    flip_signs "$checkpoints/step-00000200/optimizer-tp00-dp001.safetensors"
+    flip_signs "$checkpoints/step-00000060/optimizer-tp00-dp001.safetensors"
     run "$work/out" "$work/err" -- resume_kill
     grep -o "checkpoint .* is damaged: .*" "$work/err"
-    [ $code -eq 0 ] && grep -q "resumed from .*step-00000195 (step 195 of 200)" "$work/err" \
-      && grep -q "step-00000200 is damaged: .*optimizer-tp00-dp001.safetensors' does not match its checksum" \
+    [ $code -eq 0 ] && grep -q "resumed from .*step-00000055 (step 55 of 60)" "$work/err" \
+      && grep -q "step-00000060 is damaged: .*optimizer-tp00-dp001.safetensors' does not match its checksum" \
            "$work/err" \
       && cmp -s "$work/qat-dp2/student/model.safetensors" "$work/qat-kill/student/model.safetensors"
-    check "sign bits flipped in an optimizer shard: a warning naming it, step 195 resumed, the same student" $? || show
-    sed -i 's/"step": 200,/"step": 186,/' "$checkpoints/step-00000200/trainer_state.json"
+    check "sign bits flipped in an optimizer shard: a warning naming it, step 55 resumed, the same student" $? || show
+    sed -i 's/"step": 60,/"step": 46,/' "$checkpoints/step-00000060/trainer_state.json"
     run "$work/out" "$work/err" -- resume_kill
-    [ $code -eq 0 ] && grep -q "resumed from .*step-00000195 (step 195 of 200)" "$work/err" \
-      && grep -q "step-00000200 is damaged: .*trainer_state.json' does not match its checksum" "$work/err"
-    check "an edited trainer_state.json: a warning naming it, step 195 resumed" $? || show
-    sed -i 's/"step": 200,/"step": 186,/' "$checkpoints/step-00000200/trainer_state.json"
-    flip_signs "$checkpoints/step-00000195/optimizer-tp00-dp000.safetensors"
+    [ $code -eq 0 ] && grep -q "resumed from .*step-00000055 (step 55 of 60)" "$work/err" \
+      && grep -q "step-00000060 is damaged: .*trainer_state.json' does not match its checksum" "$work/err"
+    check "an edited trainer_state.json: a warning naming it, step 55 resumed" $? || show
+    sed -i 's/"step": 60,/"step": 46,/' "$checkpoints/step-00000060/trainer_state.json"
+    flip_signs "$checkpoints/step-00000055/optimizer-tp00-dp000.safetensors"
     run "$work/out" "$work/err" -- resume_kill
     [ $code -eq 1 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] \
-      && grep -q "no intact checkpoint under $checkpoints to resume from (step-00000200: .*; step-00000195: " \
+      && grep -q "no intact checkpoint under $checkpoints to resume from (step-00000060: .*; step-00000055: " \
            "$work/err"
     check "every checkpoint damaged: one error naming each" $? || show
 

@@ -18,14 +18,14 @@ fi
 dump="$(dirname "$0")/../reference/read_corpus.py"
 
 # The case of issue 13: 1200 samples, batch 16, a journal flush every 8 samples (75 groups); the other checks
-# make 320 of them (gen) to save time. One thread per process: two fight over a shared CI machine's cores (issue 14).
+# make 160 of them (gen) to save time. One thread per process: two fight over a shared CI machine's cores (issue 14).
 issue_case() {  # issue_case OUTPUT
   "$QFORGE" generate --model "$work/stories" --output "$1" --num-samples 1200 --seq-len 64 --batch-size 16 \
     --set generate.flush_every=8 --set runtime.threads=1
 }
 gen() {  # gen RANKS OUTPUT [options...]
   local ranks=$1 out=$2; shift 2
-  "${MPI[@]}" -np "$ranks" "$QFORGE" generate --model "$work/stories" --output "$out" --num-samples 320 \
+  "${MPI[@]}" -np "$ranks" "$QFORGE" generate --model "$work/stories" --output "$out" --num-samples 160 \
     --seq-len 64 --batch-size 16 --set generate.flush_every=8 --set runtime.threads=1 "$@"
 }
 journaled() { cat "$1".parts/*.qfcj 2>/dev/null | wc -c; }
@@ -53,7 +53,7 @@ start=$(date +%s%N)
 run "$work/out" "$work/err" -- gen 2 "$work/whole.h5"
 seconds=$(( ($(date +%s%N) - start) / 1000000 ))e-3
 [ $code -eq 0 ] && [ -f "$work/whole.h5" ] && [ ! -e "$work/whole.h5.parts" ]
-check "uninterrupted run on 2 ranks: 320 samples in $seconds s" $? || show
+check "uninterrupted run on 2 ranks: 160 samples in $seconds s" $? || show
 
 # 2. kill -9 at 10 random moments of one job, resumed each time: the same corpus.
 delays=""
@@ -78,7 +78,7 @@ check "kill -9 at 10 random moments (1 and 2 ranks), resumed each time: the unin
 # 3. A journal damaged mid-way (bytes overwritten in its middle): its tail is dropped, and the rerun regenerates it.
 gen 2 "$work/damaged.h5" >"$work/out" 2>"$work/err" &
 job=$!
-for _ in $(seq 1 1000); do [ "$(journaled "$work/damaged.h5")" -gt 40000 ] && break; sleep 0.01; done
+for _ in $(seq 1 1000); do [ "$(journaled "$work/damaged.h5")" -gt 20000 ] && break; sleep 0.01; done
 pkill -9 -f "^$QFORGE generate .*damaged.h5"; wait $job 2>/dev/null
 journal=$(ls -S "$work"/damaged.h5.parts/*.qfcj | head -n 1)
 size=$(stat -c %s "$journal")
@@ -91,7 +91,7 @@ check "a journal overwritten mid-way: its tail dropped with a warning, the rerun
 # 4. Another batch size or TP size would decode other groups: a resume with one is refused, naming the key.
 gen 1 "$work/other.h5" >"$work/out" 2>"$work/err" &
 job=$!
-for _ in $(seq 1 1000); do [ "$(journaled "$work/other.h5")" -gt 12500 ] && break; sleep 0.01; done
+for _ in $(seq 1 1000); do [ "$(journaled "$work/other.h5")" -gt 6000 ] && break; sleep 0.01; done
 pkill -9 -f "^$QFORGE generate .*other.h5"; wait $job 2>/dev/null
 run "$work/out" "$work/err" -- gen 1 "$work/other.h5" --batch-size 8
 [ $code -ne 0 ] && [ "$(grep -c '^qforge: error' "$work/err")" -eq 1 ] \
@@ -130,7 +130,7 @@ if unshare -m true 2>/dev/null; then
   full_disk() {  # full_disk RANKS: generate into $work/small (16 KiB), journals in $work/journals
     unshare -m bash -c "mount -t tmpfs -o size=16k tmpfs '$work/small' && ln -s '$work/journals' \
       '$work/small/full.h5.parts' && ${MPI[*]} -np $1 '$QFORGE' generate --model '$work/stories' \
-      --output '$work/small/full.h5' --num-samples 320 --seq-len 64 --batch-size 16 --set runtime.threads=1 \
+      --output '$work/small/full.h5' --num-samples 160 --seq-len 64 --batch-size 16 --set runtime.threads=1 \
       --set generate.flush_every=8; code=\$?; echo \"files left: \$(ls -A '$work/small' | tr '\n' ' ')\" >&2; \
       exit \$code" >"$work/out" 2>"$work/err"
     code=$?
