@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -69,6 +70,28 @@ inline std::set<std::string> files_in(const std::filesystem::path& dir) {
   for (const auto& entry : std::filesystem::directory_iterator(dir)) names.insert(entry.path().filename().string());
   return names;
 }
+
+// A fixture with a fresh directory per test (named by the suite and the pid), removed after it.
+class ScratchFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("qforge_" + std::string(::testing::UnitTest::GetInstance()->current_test_suite()->name()) + "_" +
+            std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // Writes `bytes` to `name` under the directory (creating its parents) and returns the path.
+  std::string write(const std::string& name, const std::string& bytes) {
+    const std::filesystem::path path = dir_ / name;
+    std::filesystem::create_directories(path.parent_path());
+    write_bytes(path, bytes);
+    return path.string();
+  }
+
+  std::filesystem::path dir_;
+};
 
 // `path` single-quoted for the shell.
 inline std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }

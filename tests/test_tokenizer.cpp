@@ -4,6 +4,7 @@
 // byte fallback, bad files, speed.
 #include "framework/common/error.h"
 #include "framework/tokenizer/tokenizer.h"
+#include "tests/test_support.h"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -498,20 +499,8 @@ std::string llama2c_file(const std::vector<TestPiece>& extra, int32_t max_token_
   return bytes;
 }
 
-class TokenizerFiles : public ::testing::Test {
+class TokenizerFiles : public test::ScratchFiles {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("qforge_tokenizer_test_" + std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string write(const std::string& name, const std::string& bytes) {
-    const std::string path = (dir_ / name).string();
-    std::ofstream(path, std::ios::binary) << bytes;
-    return path;
-  }
-
   // The qforge::Error message of loading `path`, or "" when it loads.
   static std::string load_error(const std::string& path) {
     try {
@@ -521,8 +510,6 @@ class TokenizerFiles : public ::testing::Test {
       return e.what();
     }
   }
-
-  fs::path dir_;
 };
 
 constexpr int64_t kSpace = 259, kA = 260, kB = 261, kAB = 262, kBA = 263;

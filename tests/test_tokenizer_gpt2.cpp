@@ -283,23 +283,7 @@ json gpt2_tokenizer_json() {
             {"merges", merges}}}};
 }
 
-class Gpt2Files : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("qforge_gpt2_test_" + std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string write(const std::string& name, const std::string& bytes) {
-    const fs::path path = dir_ / name;
-    fs::create_directories(path.parent_path());
-    std::ofstream(path, std::ios::binary) << bytes;
-    return path.string();
-  }
-
-  fs::path dir_;
-};
+class Gpt2Files : public test::ScratchFiles {};
 
 TEST_F(Gpt2Files, TokenizerJsonOfGpt2GivesTheSameIdsOnWikiText) {
   SKIP_WITHOUT(kGpt2Vocab);

@@ -422,4 +422,16 @@ torch::Tensor Checkpoint::read(const std::string& name, torch::ScalarType dtype,
   return file_of(name).read(name, dtype, dim, start, length);
 }
 
+int64_t count_nonfinite(const torch::Tensor& t) {
+  if (!t.is_floating_point()) return 0;
+  constexpr int64_t kSlice = int64_t{1} << 16;
+  const torch::Tensor flat = t.detach().reshape(-1);
+  int64_t bad = 0;
+  for (int64_t start = 0; start < flat.numel(); start += kSlice) {
+    const torch::Tensor slice = flat.narrow(0, start, std::min(kSlice, flat.numel() - start));
+    bad += slice.numel() - torch::isfinite(slice).sum().item<int64_t>();
+  }
+  return bad;
+}
+
 }  // namespace qforge::io

@@ -101,4 +101,8 @@ class Checkpoint {
 // value. Tests lower it so that small tensors take the multi-chunk path.
 int64_t set_read_chunk_bytes(int64_t bytes);
 
+// How many values of `t` are NaN or infinite (0 for integer tensors). Counted a slice at a time, so that the
+// check adds a few MB to a loading peak, not several times the tensor.
+int64_t count_nonfinite(const torch::Tensor& t);
+
 }  // namespace qforge::io

@@ -50,8 +50,8 @@ namespace {
 // NaN or Inf in a weight would only surface as a perplexity or a gradient norm of nan: refused at loading, naming
 // the tensor and the file it came from.
 void check_finite(const WeightEntry& e, const io::Checkpoint& checkpoint, const std::string& dir) {
-  if (e.param.numel() == 0 || torch::isfinite(e.param).all().item<bool>()) return;
-  const int64_t bad = e.param.numel() - torch::isfinite(e.param).sum().item<int64_t>();
+  const int64_t bad = io::count_nonfinite(e.param);
+  if (bad == 0) return;
   const std::string file = checkpoint.contains(e.name) ? checkpoint.info(e.name).file : dir;
   throw Error(fmt::format("{}: tensor '{}' holds {} NaN or infinite value(s); expected finite weights", file, e.name,
                           bad));

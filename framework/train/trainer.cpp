@@ -80,7 +80,7 @@ std::vector<std::pair<std::string, torch::Tensor>> read_all(const io::Safetensor
   for (const auto& [name, info] : file.tensors()) {
     tensors.emplace_back(name, file.read(name, info.dtype));
     const torch::Tensor& t = tensors.back().second;
-    if (t.is_floating_point() && t.numel() > 0 && !torch::isfinite(t).all().item<bool>())
+    if (io::count_nonfinite(t) > 0)
       throw Error(fmt::format("{}: tensor '{}' holds NaN or infinite values; expected a finite training state "
                               "(resume from an earlier checkpoint)", file.path(), name));
   }
