@@ -30,3 +30,19 @@ endif()
 
 # Test binaries run under mpiexec; CI runs as root and on machines with fewer cores than ranks.
 set(QFORGE_MPIEXEC_FLAGS --oversubscribe)
+
+# BLAS: libtorch runs its own OpenMP pool, and Debian's default OpenBLAS (the pthread build) a second pool of as
+# many threads; with two threads per process the two fight for the cores (3-4x slower than one thread). OpenBLAS's
+# OpenMP build shares libtorch's pool and runs single-threaded inside libtorch's parallel regions. Where it is
+# installed (libopenblas0-openmp), every qforge executable loads it through an RPATH (DT_RPATH: it also applies
+# to libtorch's own libblas.so.3), leaving the system's default BLAS alone. Measurements: docs/performance.md.
+set(QFORGE_BLAS_DIR "/usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp" CACHE PATH
+    "directory whose libblas.so.3/liblapack.so.3 qforge's executables load (empty: the system's default)")
+if(QFORGE_BLAS_DIR AND EXISTS "${QFORGE_BLAS_DIR}/libblas.so.3")
+  add_link_options(LINKER:--disable-new-dtags)
+  list(APPEND CMAKE_BUILD_RPATH "${QFORGE_BLAS_DIR}")
+  list(APPEND CMAKE_INSTALL_RPATH "${QFORGE_BLAS_DIR}")
+  message(STATUS "qforge: BLAS from ${QFORGE_BLAS_DIR} (shares libtorch's OpenMP threads)")
+else()
+  message(STATUS "qforge: BLAS is the system's libblas.so.3 (install libopenblas0-openmp for one thread pool)")
+endif()

@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake pkg-config git ca-certificates
   libtorch-dev                       # libtorch 1.13 (CPU)
   libopenblas0-pthread libopenblas-pthread-dev  # fast BLAS; the reference BLAS is ~20x slower
+  libopenblas0-openmp                # the build qforge loads: one thread pool with libtorch (cmake/Dependencies.cmake)
   openmpi-bin libopenmpi-dev         # MPI runtime and headers
   libhdf5-openmpi-dev hdf5-tools     # parallel HDF5
   libyaml-cpp-dev                    # config files

@@ -238,8 +238,16 @@ Backend& Communicator::backend_for(const torch::Tensor& tensor) {
   return *device_;
 }
 
+void Communicator::count(double factor, const torch::Tensor& tensor) {
+  if (size_ == 1) return;
+  ++traffic_.calls;
+  traffic_.bytes += factor * static_cast<double>(size_ - 1) / size_ * static_cast<double>(tensor.nbytes());
+}
+
 void Communicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
   check_reducible(tensor, op, name_);
+  if (size_ == 1) return;  // the sum, max, min or average over one rank is the tensor itself
+  count(2, tensor);
   torch::Tensor buffer = tensor.contiguous();
   backend_for(buffer).all_reduce(buffer, backend_op(op));
   if (op == ReduceOp::kAvg) divide_sum_into_average(buffer, size_);
@@ -248,6 +256,7 @@ void Communicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
 
 torch::Tensor Communicator::all_gather(const torch::Tensor& tensor, int64_t dim) {
   torch::Tensor input = tensor.contiguous();
+  count(size_, input);
   std::vector<int64_t> stacked_shape{size_};
   for (int64_t s : input.sizes()) stacked_shape.push_back(s);
   torch::Tensor stacked = torch::empty(stacked_shape, input.options());
@@ -267,17 +276,42 @@ torch::Tensor Communicator::reduce_scatter(const torch::Tensor& tensor, ReduceOp
   const int64_t extent = tensor.size(dim);
   QF_CHECK(extent % size_ == 0, fmt::format("reduce_scatter on group '{}': dim {} has size {}, not a multiple "
                                             "of the group size {}", name_, dim, extent, size_));
-  // Rank r's part first in memory: [size, ...part shape].
-  torch::Tensor input = torch::stack(tensor.chunk(size_, dim), 0).contiguous();
+  // Rank r's part first in memory: [size, ...part shape]; along dim 0 a contiguous tensor already is.
+  std::vector<int64_t> stacked{size_, extent / size_};
+  for (int64_t d = 1; d < tensor.dim(); ++d) stacked.push_back(tensor.size(d));
+  torch::Tensor input = dim == 0 ? tensor.contiguous().view(stacked) : torch::stack(tensor.chunk(size_, dim), 0).contiguous();
+  count(1, input);
   torch::Tensor output = torch::empty(input.sizes().slice(1), input.options());
   backend_for(input).reduce_scatter(input, output, backend_op(op));
   if (op == ReduceOp::kAvg) divide_sum_into_average(output, size_);
   return output;
 }
 
+void Communicator::reduce_scatter_into(const torch::Tensor& input, torch::Tensor& output, ReduceOp op) {
+  check_reducible(input, op, name_);
+  QF_CHECK(input.is_contiguous() && output.is_contiguous() && input.numel() == output.numel() * size_,
+           fmt::format("reduce_scatter_into on group '{}': {} contiguous values in, {} out", name_, input.numel(),
+                       output.numel()));
+  count(1, input);
+  backend_for(input).reduce_scatter(input, output, backend_op(op));
+  if (op == ReduceOp::kAvg) divide_sum_into_average(output, size_);
+}
+
+void Communicator::all_gather_into(const torch::Tensor& input, torch::Tensor& output) {
+  QF_CHECK(input.is_contiguous() && output.is_contiguous() && output.numel() == input.numel() * size_,
+           fmt::format("all_gather_into on group '{}': {} contiguous values in, {} out", name_, input.numel(),
+                       output.numel()));
+  count(1, output);
+  backend_for(input).all_gather(input, output);
+}
+
 void Communicator::broadcast(torch::Tensor& tensor, int root) {
   QF_CHECK(root >= 0 && root < size_,
            fmt::format("broadcast on group '{}': root {} is not a rank of a group of {}", name_, root, size_));
+  if (size_ > 1) {
+    ++traffic_.calls;
+    traffic_.bytes += static_cast<double>(tensor.nbytes());
+  }
   torch::Tensor buffer = tensor.contiguous();
   backend_for(buffer).broadcast(buffer, root);
   if (!buffer.is_same(tensor)) tensor.copy_(buffer);

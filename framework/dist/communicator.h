@@ -46,12 +46,28 @@ class Communicator {
   torch::Tensor all_gather(const torch::Tensor& tensor, int64_t dim = 0);
   // Reduces `tensor` across ranks and returns this rank's part of it split in size() equal parts along `dim`.
   torch::Tensor reduce_scatter(const torch::Tensor& tensor, ReduceOp op = ReduceOp::kSum, int64_t dim = 0);
+  // The same on flat contiguous buffers, into `output` (no allocation): output.numel() * size() ==
+  // input.numel(); reduce_scatter_into gives rank r the reduced [r * n, (r + 1) * n), all_gather_into puts rank
+  // r's input there.
+  void reduce_scatter_into(const torch::Tensor& input, torch::Tensor& output, ReduceOp op = ReduceOp::kSum);
+  void all_gather_into(const torch::Tensor& input, torch::Tensor& output);
   // In place: every rank receives `root`'s values.
   void broadcast(torch::Tensor& tensor, int root = 0);
   void barrier();
 
+  // Bytes this rank sends, counted as the bandwidth-optimal (ring) algorithm sends them for a group of p ranks:
+  // all-reduce of N bytes 2 (p - 1) / p * N, reduce-scatter of N input bytes and all-gather of N output bytes
+  // (p - 1) / p * N, broadcast N; nothing on one rank. Benchmarks compare it with the layout's formula.
+  struct Traffic {
+    int64_t calls = 0;
+    double bytes = 0;
+  };
+  const Traffic& traffic() const { return traffic_; }
+  void reset_traffic() { traffic_ = Traffic{}; }
+
  private:
   Backend& backend_for(const torch::Tensor& tensor);
+  void count(double factor, const torch::Tensor& tensor);  // adds factor * (p - 1) / p * its bytes
 
   std::string name_;
   intptr_t mpi_comm_;
@@ -59,6 +75,7 @@ class Communicator {
   int size_;
   std::unique_ptr<Backend> host_;
   std::unique_ptr<Backend> device_;  // created on the first CUDA collective
+  Traffic traffic_;
 };
 
 // Largest element count one MPI call carries; larger messages go in pieces. Default INT_MAX (MPI's count is

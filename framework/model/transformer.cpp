@@ -17,13 +17,82 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-// Hugging Face's rotate-half rotary embedding; cos/sin [B, 1, T, head_dim] for positions [B, T].
-std::pair<torch::Tensor, torch::Tensor> rotary_tables(const torch::Tensor& positions, int64_t head_dim, double theta) {
-  torch::Tensor exponents = torch::arange(0, head_dim, 2, torch::kDouble) / static_cast<double>(head_dim);
-  torch::Tensor inv_freq = (1.0 / torch::pow(theta, exponents)).to(torch::kFloat);
-  torch::Tensor freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, hd/2]
-  torch::Tensor angles = torch::cat({freqs, freqs}, -1).unsqueeze(1);
-  return {angles.cos(), angles.sin()};
+}  // namespace
+
+// Hugging Face's rotate-half RoPE, x * cos + rotate_half(x) * sin, is x * cos + roll(x, d/2) * signed_sin with
+// signed_sin = sin with its first half negated: three operations instead of six. q's tables also carry the
+// 1 / sqrt(head_dim) score scale. The additive causal mask is one [T, T] triangle when the positions are
+// 0..T-1 in every row (training, evaluation), else [B, 1, T, keys] from the positions.
+struct AttentionTables {
+  torch::Tensor positions;  // held, so that its identity (and _version) names this forward pass
+  uint32_t version = 0;
+  int64_t head_dim = 0;
+  double theta = 0;
+  bool by_position = false;          // keys sit at index == position in a KV cache
+  torch::Tensor cos, sin;            // [B, 1, T, head_dim]
+  torch::Tensor signed_sin;          // sin with its first half negated
+  torch::Tensor q_cos, q_signed_sin;  // times 1 / sqrt(head_dim)
+  torch::Tensor mask;                // fp32, 0 or -inf: [T, T] (triangle) or [B, 1, T, keys]
+  bool triangle = false;
+  std::vector<int64_t> block_keys;  // keys each block of queries sees
+  int64_t keys = 0;                 // keys in all (the cache's used length)
+
+  bool matches(const torch::Tensor& p, int64_t d, double t, bool cached) const {
+    return positions.defined() && positions.unsafeGetTensorImpl() == p.unsafeGetTensorImpl() &&
+           positions._version() == p._version() && head_dim == d && theta == t && by_position == cached;
+  }
+};
+
+namespace {
+
+// Causal attention is computed a block of queries at a time, each against the keys it can see only: half the
+// work of a full [T, T] score matrix, and blocks small enough to stay in cache.
+constexpr int64_t kQueryBlock = 128;
+
+void fill_tables(AttentionTables& t, const torch::Tensor& positions, int64_t head_dim, double theta, bool rope,
+                 bool cached) {
+  torch::NoGradGuard no_grad;
+  t = AttentionTables{};
+  t.positions = positions;
+  t.version = positions._version();
+  t.head_dim = head_dim;
+  t.theta = theta;
+  t.by_position = cached;
+  const int64_t batch = positions.size(0), length = positions.size(1);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  if (rope) {
+    torch::Tensor exponents = torch::arange(0, head_dim, 2, torch::kDouble) / static_cast<double>(head_dim);
+    torch::Tensor inv_freq = (1.0 / torch::pow(theta, exponents)).to(torch::kFloat).to(positions.device());
+    torch::Tensor freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, hd/2]
+    torch::Tensor angles = torch::cat({freqs, freqs}, -1).unsqueeze(1);
+    t.cos = angles.cos();
+    t.sin = angles.sin();
+    torch::Tensor sign = torch::ones({head_dim}, t.sin.options());
+    sign.narrow(0, 0, head_dim / 2).fill_(-1);
+    t.signed_sin = t.sin * sign;
+    t.q_cos = t.cos * scale;
+    t.q_signed_sin = t.signed_sin * scale;
+  }
+  const torch::TensorOptions fp32 = positions.options().dtype(torch::kFloat);
+  const float hidden = -std::numeric_limits<float>::infinity();
+  torch::Tensor key_positions = positions;
+  if (cached) {
+    t.keys = positions.max().item<int64_t>() + 1;
+    key_positions = torch::arange(t.keys, positions.options()).unsqueeze(0).expand({batch, t.keys});
+  } else {
+    t.keys = length;
+    t.triangle = torch::equal(positions, torch::arange(length, positions.options()).unsqueeze(0).expand_as(positions));
+  }
+  if (t.triangle) {
+    t.mask = torch::full({length, length}, hidden, fp32).triu_(1);
+  } else {
+    torch::Tensor masked = key_positions.view({batch, 1, 1, -1}) > positions.view({batch, 1, -1, 1});
+    t.mask = torch::zeros(masked.sizes(), fp32).masked_fill_(masked, hidden);
+  }
+  for (int64_t start = 0; start < length; start += kQueryBlock) {
+    const int64_t count = std::min(kQueryBlock, length - start);
+    t.block_keys.push_back(cached ? positions.narrow(1, start, count).max().item<int64_t>() + 1 : start + count);
+  }
 }
 
 uint64_t fnv1a(const std::string& text, uint64_t seed) { return fnv1a64(text, kFnv1aOffset ^ seed); }
@@ -32,18 +101,12 @@ std::string layer_prefix(const ModelConfig& c, int64_t i) {
   return c.family == Family::kLlama ? fmt::format("model.layers.{}.", i) : fmt::format("model.decoder.layers.{}.", i);
 }
 
-// Causal attention is computed a block of queries at a time, each against the keys it can see only: half the
-// work of a full [T, T] score matrix, and blocks small enough to stay in cache.
-constexpr int64_t kQueryBlock = 128;
-
-// softmax(q k^T + mask) v for pre-scaled q [B, H, t, d] and k, v [B, H, l, d]; a key is visible to a query
-// when its position is not after the query's.
-torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                     const torch::Tensor& query_positions, const torch::Tensor& key_positions, const Site& probs) {
-  const int64_t batch = q.size(0);
+// softmax(q k^T + mask) v for pre-scaled q [B, H, t, d], k and v [B, H, l, d] and an additive mask that
+// broadcasts to [B, H, t, l]: four operations.
+torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask,
+                     const Site& probs) {
   torch::Tensor scores = torch::matmul(q.to(torch::kFloat), k.to(torch::kFloat).transpose(-2, -1));
-  torch::Tensor hidden = key_positions.view({batch, 1, 1, -1}) > query_positions.view({batch, 1, -1, 1});
-  scores.masked_fill_(hidden, -std::numeric_limits<float>::infinity());
+  scores.add_(mask);
   return torch::matmul(probs(torch::softmax(scores, -1)).to(v.scalar_type()), v);
 }
 
@@ -125,47 +188,47 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   torch::Tensor q = q_site(q_proj(x).view({batch, length, local_heads_, head_dim}).transpose(1, 2));
   torch::Tensor k = k_site(k_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2));
   torch::Tensor v = v_site(v_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2));
-  if (config_.family == Family::kLlama) {
-    auto [cos, sin] = rotary_tables(positions, head_dim, config_.rope_theta);
-    if (rope_index.defined()) {  // each kv head's channels in their permuted order; q heads follow their kv head
-      const int64_t group = local_heads_ / local_kv_heads_;
-      torch::Tensor kv_index = rope_index.view({1, local_kv_heads_, 1, head_dim}).expand({batch, -1, length, -1});
-      torch::Tensor q_index = rope_index.repeat_interleave(group, 0).view({1, local_heads_, 1, head_dim})
-                                  .expand({batch, -1, length, -1});
-      q = q * cos.expand_as(q).gather(-1, q_index) + rotate_half(q) * sin.expand_as(q).gather(-1, q_index);
-      k = k * cos.expand_as(k).gather(-1, kv_index) + rotate_half(k) * sin.expand_as(k).gather(-1, kv_index);
-    } else {
-      q = q * cos + rotate_half(q) * sin;
-      k = k * cos + rotate_half(k) * sin;
-    }
+  const bool rope = config_.family == Family::kLlama, cached = cache_keys != nullptr;
+  if (!tables) tables = std::make_shared<AttentionTables>();
+  if (!tables->matches(positions, head_dim, config_.rope_theta, cached))
+    fill_tables(*tables, positions, head_dim, config_.rope_theta, rope, cached);
+  const AttentionTables& t = *tables;
+  bool scaled = false;
+  if (rope && rope_index.defined()) {  // each kv head's channels in their permuted order; q heads follow their kv head
+    const int64_t group = local_heads_ / local_kv_heads_;
+    torch::Tensor kv_index = rope_index.view({1, local_kv_heads_, 1, head_dim}).expand({batch, -1, length, -1});
+    torch::Tensor q_index = rope_index.repeat_interleave(group, 0).view({1, local_heads_, 1, head_dim})
+                                .expand({batch, -1, length, -1});
+    q = q * t.cos.expand_as(q).gather(-1, q_index) + rotate_half(q) * t.sin.expand_as(q).gather(-1, q_index);
+    k = k * t.cos.expand_as(k).gather(-1, kv_index) + rotate_half(k) * t.sin.expand_as(k).gather(-1, kv_index);
+  } else if (rope) {
+    const int64_t half = head_dim / 2;
+    q = torch::addcmul(q * t.q_cos, q.roll(half, -1), t.q_signed_sin);
+    k = torch::addcmul(k * t.cos, k.roll(half, -1), t.signed_sin);
+    scaled = true;
   }
   k = k_cache_site(k);
   v = v_cache_site(v);
 
-  torch::Tensor key_positions = positions;
-  if (cache_keys) {
+  if (cached) {
     torch::Tensor slots = positions.view({batch, 1, length, 1}).expand({batch, local_kv_heads_, length, head_dim});
     cache_keys->scatter_(2, slots, k.to(cache_keys->scalar_type()));
     cache_values->scatter_(2, slots, v.to(cache_values->scalar_type()));
-    const int64_t used = positions.max().item<int64_t>() + 1;
-    k = cache_keys->narrow(2, 0, used);
-    v = cache_values->narrow(2, 0, used);
-    key_positions = torch::arange(used, positions.options()).unsqueeze(0).expand({batch, used});
+    k = cache_keys->narrow(2, 0, t.keys);
+    v = cache_values->narrow(2, 0, t.keys);
   }
   if (local_heads_ != local_kv_heads_) {
     k = k.repeat_interleave(local_heads_ / local_kv_heads_, 1);
     v = v.repeat_interleave(local_heads_ / local_kv_heads_, 1);
   }
-  q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
-  // Keys sit at index == position in the cache; without one they line up with the queries.
-  const bool keys_by_position = cache_keys != nullptr;
+  if (!scaled) q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
   std::vector<torch::Tensor> blocks;
-  for (int64_t start = 0; start < length; start += kQueryBlock) {
-    const int64_t count = std::min(kQueryBlock, length - start);
-    torch::Tensor block_positions = positions.narrow(1, start, count);
-    const int64_t keys = keys_by_position ? block_positions.max().item<int64_t>() + 1 : start + count;
-    blocks.push_back(attend(q.narrow(2, start, count), k.narrow(2, 0, keys), v.narrow(2, 0, keys), block_positions,
-                            key_positions.narrow(1, 0, keys), probs_site));
+  for (size_t b = 0; b < t.block_keys.size(); ++b) {
+    const int64_t start = static_cast<int64_t>(b) * kQueryBlock, count = std::min(kQueryBlock, length - start);
+    const int64_t keys = t.block_keys[b];
+    const torch::Tensor mask = t.triangle ? t.mask.narrow(0, start, count).narrow(1, 0, keys)
+                                          : t.mask.narrow(2, start, count).narrow(3, 0, keys);
+    blocks.push_back(attend(q.narrow(2, start, count), k.narrow(2, 0, keys), v.narrow(2, 0, keys), mask, probs_site));
   }
   torch::Tensor context = (blocks.size() == 1 ? blocks[0] : torch::cat(blocks, 2))
                               .transpose(1, 2)
@@ -235,8 +298,11 @@ CausalLM::CausalLM(ModelConfig config, dist::Communicator& tp) : config_(std::mo
     table_.add(base + "project_in.weight", project_in->weight, {c.hidden_size, c.embed_dim()}, ShardSpec{});
     table_.add(base + "project_out.weight", project_out->weight, {c.embed_dim(), c.hidden_size}, ShardSpec{});
   }
-  for (int64_t i = 0; i < c.num_layers; ++i)
+  auto tables = std::make_shared<AttentionTables>();
+  for (int64_t i = 0; i < c.num_layers; ++i) {
     layers.push_back(register_module(fmt::format("layer{}", i), DecoderBlock(layer_prefix(c, i), c, tp, table_)));
+    layers.back()->attention->tables = tables;
+  }
   if (llama || c.norm_before)
     final_norm = register_module("final_norm", Norm(llama ? "model.norm" : "model.decoder.final_layer_norm", c, c.hidden_size, table_));
   head = register_module("head", VocabParallelHead("lm_head", c.vocab_size, c.embed_dim(), tp, table_,

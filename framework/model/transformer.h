@@ -41,6 +41,10 @@ class NormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Norm);
 
+// What every layer's attention derives from one forward pass's positions (RoPE tables, the causal mask), made
+// by the first layer and reused by the others (transformer.cpp).
+struct AttentionTables;
+
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const std::string& name, const ModelConfig& config, dist::Communicator& tp, WeightTable& table);
@@ -58,6 +62,8 @@ class AttentionImpl : public torch::nn::Module {
   // by this index (q heads by the index of their kv head), keeping rotate-half pairs (i, i + head_dim / 2) at
   // (j, j + head_dim / 2); RoPE then takes each channel's frequency from its original place.
   torch::Tensor rope_index;
+  // Shared by the layers of one model (CausalLM sets it); each attention makes its own when unset.
+  std::shared_ptr<AttentionTables> tables;
 
  private:
   std::string name_;

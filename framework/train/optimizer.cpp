@@ -26,12 +26,15 @@ void DistributedAdamW::build_layout(int64_t bucket_elements) {
     bucket.size = (used + parts - 1) / parts * parts;
     bucket.owned_size = bucket.size / parts;
     bucket.owned_start = part_index * bucket.owned_size;
-    torch::Tensor full = torch::zeros({bucket.size}, fp32_);
+    bucket.flat = torch::zeros({bucket.size}, fp32_);
     for (const Segment& s : bucket.segments)
-      full.narrow(0, s.offset, s.numel).copy_(params_[s.param].param.detach().reshape(-1).to(torch::kFloat));
-    bucket.master = full.narrow(0, bucket.owned_start, bucket.owned_size).clone();
+      bucket.flat.narrow(0, s.offset, s.numel).copy_(params_[s.param].param.detach().reshape(-1).to(torch::kFloat));
+    bucket.master = bucket.flat.narrow(0, bucket.owned_start, bucket.owned_size).clone();
+    bucket.flat.zero_();
     bucket.exp_avg = torch::zeros({bucket.owned_size}, fp32_);
     bucket.exp_avg_sq = torch::zeros({bucket.owned_size}, fp32_);
+    if (shard_state_ && dp_.size() > 1) bucket.reduced = torch::zeros({bucket.owned_size}, fp32_);
+    attach_gradients(bucket);
     buckets_.push_back(std::move(bucket));
   };
   Bucket bucket;
@@ -55,26 +58,48 @@ std::vector<int64_t> DistributedAdamW::bucket_sizes() const {
   return sizes;
 }
 
-torch::Tensor DistributedAdamW::flat_gradients(const Bucket& bucket) {
-  if (!scratch_.defined() || scratch_.numel() < bucket.size) scratch_ = torch::empty({bucket.size}, fp32_);
-  torch::Tensor flat = scratch_.narrow(0, 0, bucket.size);
-  flat.zero_();
+// Points each fp32 parameter's gradient at its slot in the bucket (other dtypes keep their own .grad()).
+void DistributedAdamW::attach_gradients(Bucket& bucket) {
+  for (const Segment& s : bucket.segments) {
+    torch::Tensor& param = params_[s.param].param;
+    if (param.scalar_type() != torch::kFloat || param.device() != bucket.flat.device()) continue;
+    param.mutable_grad() = bucket.flat.narrow(0, s.offset, s.numel).view(param.sizes());
+  }
+}
+
+// Makes `flat` hold every gradient: a .grad() that is still the bucket's view is there already; one that
+// other code replaced (or a parameter of another dtype) is copied in; a missing one counts as zero.
+void DistributedAdamW::gather_gradients(Bucket& bucket) {
   for (const Segment& s : bucket.segments) {
     const torch::Tensor& grad = params_[s.param].param.grad();
-    if (grad.defined()) flat.narrow(0, s.offset, s.numel).copy_(grad.reshape(-1));
+    torch::Tensor slot = bucket.flat.narrow(0, s.offset, s.numel);
+    if (!grad.defined()) slot.zero_();
+    else if (grad.data_ptr() != slot.data_ptr()) slot.copy_(grad.reshape(-1));
   }
-  return flat;
 }
+
+namespace {
+// Sum of squares, accumulated in double over fp32 dot products of 2^20 values (no fp64 copy of the bucket).
+double square_sum(const torch::Tensor& values) {
+  constexpr int64_t kPiece = int64_t{1} << 20;
+  double total = 0;
+  for (int64_t start = 0; start < values.numel(); start += kPiece) {
+    torch::Tensor piece = values.narrow(0, start, std::min(kPiece, values.numel() - start));
+    total += torch::dot(piece, piece).item<double>();
+  }
+  return total;
+}
+}  // namespace
 
 // Sum of squares of the owned gradient slice, leaving out TP-replicated parameters except on TP rank 0.
 double DistributedAdamW::owned_square_norm(const Bucket& bucket) const {
-  double total = bucket.grad.to(torch::kDouble).pow(2).sum().item<double>();
+  double total = square_sum(bucket.grad);
   if (tp_.rank() == 0) return total;
   const int64_t begin = bucket.owned_start, end = begin + bucket.owned_size;
   for (const Segment& s : bucket.segments) {
     if (!params_[s.param].tp_replicated) continue;
     const int64_t lo = std::max(begin, s.offset), hi = std::min(end, s.offset + s.numel);
-    if (lo < hi) total -= bucket.grad.narrow(0, lo - begin, hi - lo).to(torch::kDouble).pow(2).sum().item<double>();
+    if (lo < hi) total -= square_sum(bucket.grad.narrow(0, lo - begin, hi - lo));
   }
   return total;
 }
@@ -83,12 +108,13 @@ double DistributedAdamW::reduce_gradients() {
   torch::NoGradGuard no_grad;
   double square_norm = 0;
   for (Bucket& bucket : buckets_) {
-    torch::Tensor flat = flat_gradients(bucket);
-    if (shard_state_) {
-      bucket.grad = dp_.reduce_scatter(flat, dist::ReduceOp::kSum);
-    } else {
-      dp_.all_reduce(flat, dist::ReduceOp::kSum);
-      bucket.grad = flat.clone();
+    gather_gradients(bucket);
+    if (bucket.reduced.defined()) {
+      dp_.reduce_scatter_into(bucket.flat, bucket.reduced, dist::ReduceOp::kSum);
+      bucket.grad = bucket.reduced;
+    } else {  // the whole bucket is owned: reduce in place (nothing to do on one rank)
+      dp_.all_reduce(bucket.flat, dist::ReduceOp::kSum);
+      bucket.grad = bucket.flat;
     }
     square_norm += owned_square_norm(bucket);
   }
@@ -106,28 +132,45 @@ void DistributedAdamW::step(double lr, double grad_scale) {
   const double correction2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
   for (Bucket& bucket : buckets_) {
     QF_CHECK(bucket.grad.defined(), "DistributedAdamW::step called before reduce_gradients");
-    torch::Tensor grad = grad_scale == 1.0 ? bucket.grad : bucket.grad * grad_scale;
+    torch::Tensor& grad = bucket.grad;  // every update below is in place, into buffers allocated once
+    if (grad_scale != 1.0) grad.mul_(grad_scale);
     bucket.exp_avg.mul_(options_.beta1).add_(grad, 1 - options_.beta1);
     bucket.exp_avg_sq.mul_(options_.beta2).addcmul_(grad, grad, 1 - options_.beta2);
     if (options_.weight_decay != 0) bucket.master.mul_(1 - lr * options_.weight_decay);
-    torch::Tensor denom = (bucket.exp_avg_sq.sqrt() / std::sqrt(correction2)).add_(options_.eps);
+    torch::Tensor denom = scratch(bucket.owned_size);
+    torch::sqrt_out(denom, bucket.exp_avg_sq).div_(std::sqrt(correction2)).add_(options_.eps);
     bucket.master.addcdiv_(bucket.exp_avg, denom, -lr / correction1);
     bucket.grad = torch::Tensor();
     refresh_parameters(bucket);
   }
 }
 
+torch::Tensor DistributedAdamW::scratch(int64_t elements) {
+  if (!scratch_.defined() || scratch_.numel() < elements) scratch_ = torch::empty({elements}, fp32_);
+  return scratch_.narrow(0, 0, elements);
+}
+
 void DistributedAdamW::refresh_parameters(const Bucket& bucket) {
-  torch::Tensor full = shard_state_ ? dp_.all_gather(bucket.master) : bucket.master;
+  torch::Tensor full = bucket.master;
+  if (bucket.owned_size != bucket.size) {
+    full = scratch(bucket.size);
+    dp_.all_gather_into(bucket.master, full);
+  }
   for (const Segment& s : bucket.segments) {
     torch::Tensor& param = params_[s.param].param;
     param.detach().view(-1).copy_(full.narrow(0, s.offset, s.numel));
   }
 }
 
+// Zeroes the buckets in place (torch's zero_grad(set_to_none=False)), re-attaching any replaced gradient.
 void DistributedAdamW::zero_grad() {
+  torch::NoGradGuard no_grad;
+  for (Bucket& bucket : buckets_) {
+    bucket.flat.zero_();
+    attach_gradients(bucket);
+  }
   for (OptimizedParameter& p : params_)
-    if (p.param.grad().defined()) p.param.mutable_grad() = torch::Tensor();
+    if (p.param.grad().defined() && p.param.scalar_type() != torch::kFloat) p.param.mutable_grad().zero_();
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> DistributedAdamW::state() const {

@@ -64,13 +64,20 @@ class DistributedAdamW {
     int64_t size = 0;         // padded
     int64_t owned_start = 0;  // this rank's slice
     int64_t owned_size = 0;
-    torch::Tensor master, exp_avg, exp_avg_sq, grad;  // [owned_size] fp32
+    torch::Tensor master, exp_avg, exp_avg_sq;  // [owned_size] fp32
+    // [size] fp32, allocated once: the parameters' .grad() are views into it (backward accumulates in place),
+    // so the DP reduction reads it without a copy. A gradient replaced by other code is copied in.
+    torch::Tensor flat;
+    torch::Tensor grad;  // [owned_size]: the reduced gradient; a slice of `flat` or of `reduced` below
+    torch::Tensor reduced;  // [owned_size], allocated once, only where ZeRO splits over more than one rank
   };
 
   void build_layout(int64_t bucket_elements);
-  torch::Tensor flat_gradients(const Bucket& bucket);
+  void attach_gradients(Bucket& bucket);
+  void gather_gradients(Bucket& bucket);
   double owned_square_norm(const Bucket& bucket) const;
   void refresh_parameters(const Bucket& bucket);
+  torch::Tensor scratch(int64_t elements);  // the first `elements` of scratch_, grown when needed
 
   std::vector<OptimizedParameter> params_;
   dist::Communicator& tp_;
@@ -79,7 +86,7 @@ class DistributedAdamW {
   bool shard_state_;
   torch::TensorOptions fp32_ = torch::TensorOptions(torch::kFloat);  // masters, moments, buckets: the params' device
   std::vector<Bucket> buckets_;
-  torch::Tensor scratch_;  // one bucket's gradients before the DP reduction, reused by every bucket
+  torch::Tensor scratch_;  // the largest bucket: AdamW's denominator and the ZeRO all-gather, reused by every bucket
   int64_t steps_ = 0;
 };
 

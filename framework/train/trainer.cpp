@@ -138,6 +138,7 @@ Trainer::Trainer(TrainSettings settings, model::CausalLM& model, dist::Communica
 Trainer::~Trainer() = default;
 
 int64_t Trainer::steps_done() const { return state_->steps_done; }
+std::vector<int64_t> Trainer::bucket_sizes() const { return state_->optimizer->bucket_sizes(); }
 
 // Step s of an epoch covers positions [s * B, (s + 1) * B) of the epoch's permutation, whatever the DP size
 // (CorpusReader::epoch_order deals one permutation round-robin: rank r holds positions r, r + dp, ...).

@@ -106,6 +106,7 @@ class Trainer {
   // Writes a checkpoint of the current state (steps_done()). Collective.
   void save_checkpoint();
   int64_t steps_done() const;
+  std::vector<int64_t> bucket_sizes() const;  // the optimizer's fp32 gradient buckets (elements, padded)
 
  private:
   // The step's samples over all DP ranks, in epoch order: DP rank r takes positions r, r + dp, ...

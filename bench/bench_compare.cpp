@@ -1,0 +1,252 @@
+// qforge's side of bench/compare: the same tasks and options as bench/reference/llama_eager.py, timed inside
+// one process (loading excluded), one JSON line on stdout from rank 0:
+//   bench_compare ppl      --model DIR --tokens FILE --seq-len L --threads T [--repeats R] [--batch-size B]
+//   bench_compare generate --model DIR --samples N --length L --threads T [--repeats R] [--seed S]
+//   bench_compare qat-step --model DIR --quant W-A-KV --batch B --seq-len L --threads T --steps S
+//   bench_compare tokenize --model DIR --text FILE --out FILE.bin
+// Under mpiexec the ranks split the work as data parallelism (ppl windows, generation groups, the QAT batch).
+// generate and qat-step report the bytes each rank sends (Communicator::traffic) beside the layout's formula.
+#include "bench/bench_support.h"
+#include "distill/corpus_generator.h"
+#include "distill/distillation.h"
+#include "framework/common/error.h"
+#include "framework/dist/runtime.h"
+#include "framework/eval/perplexity.h"
+#include "framework/io/corpus.h"
+#include "framework/log/log.h"
+#include "framework/model/checkpoint_io.h"
+#include "framework/system/memory.h"
+#include "framework/system/system_info.h"
+#include "framework/tokenizer/tokenizer.h"
+#include "framework/train/trainer.h"
+#include "quant/qat.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <unistd.h>
+
+namespace {
+namespace fs = std::filesystem;
+using namespace qforge;
+using bench::option;
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+std::string text_option(int argc, char** argv, const char* name) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
+  throw UsageError(fmt::format("bench_compare: {} is required", name));
+}
+
+int64_t minor_faults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_minflt;
+}
+
+// The largest value over the world (times: the slowest rank; peak RSS: the largest).
+double world_max(dist::Runtime& runtime, double value) {
+  torch::Tensor t = torch::tensor({value}, torch::kDouble);
+  runtime.world().all_reduce(t, dist::ReduceOp::kMax);
+  return t.item<double>();
+}
+
+void finish(dist::Runtime& runtime, nlohmann::json record) {
+  record["impl"] = "qforge";
+  record["ranks"] = runtime.size();
+  record["peak_rss_mb"] = world_max(runtime, static_cast<double>(sys::peak_rss_bytes()) / 1e6);
+  record["blas"] = sys::detect_blas().library;
+  if (runtime.rank() == 0) std::printf("%s\n", record.dump().c_str());
+}
+
+torch::Tensor read_tokens(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw Error(fmt::format("cannot read token file '{}'", path));
+  const auto bytes = static_cast<int64_t>(in.tellg());
+  std::vector<int32_t> ids(static_cast<size_t>(bytes / 4));
+  in.seekg(0);
+  in.read(reinterpret_cast<char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 4));
+  return torch::from_blob(ids.data(), {static_cast<int64_t>(ids.size())}, torch::kInt).to(torch::kLong);
+}
+
+void run_ppl(dist::Runtime& runtime, int argc, char** argv) {
+  auto model = model::load_pretrained(text_option(argc, argv, "--model"), runtime.self());
+  const torch::Tensor tokens = read_tokens(text_option(argc, argv, "--tokens"));
+  const int64_t seq_len = option(argc, argv, "--seq-len", 256), batch = option(argc, argv, "--batch-size", 4);
+  const int64_t repeats = option(argc, argv, "--repeats", 3);
+  torch::NoGradGuard no_grad;
+  eval::perplexity(*model, tokens.narrow(0, 0, std::min(tokens.numel(), seq_len * batch)), seq_len, batch,
+                   runtime.world());  // warm-up
+  std::vector<double> seconds;
+  eval::PerplexityResult result;
+  for (int64_t r = 0; r < repeats; ++r) {
+    runtime.world().barrier();
+    const double start = now_s();
+    result = eval::perplexity(*model, tokens, seq_len, batch, runtime.world());
+    seconds.push_back(world_max(runtime, now_s() - start));
+  }
+  finish(runtime, {{"task", "ppl"}, {"nll", result.mean_nll}, {"tokens", result.tokens}, {"windows", result.windows},
+                   {"batch_size", batch}, {"seconds", seconds}});
+}
+
+// LLM-QAT's generation (random start token, 3 greedy tokens, then top-K 50 sampling, no stop at EOS), all
+// samples of a rank decoded as one group: the rank's share of N samples in one batch.
+void run_generate(dist::Runtime& runtime, int argc, char** argv) {
+  auto model = model::load_pretrained(text_option(argc, argv, "--model"), runtime.self());
+  const int64_t samples = option(argc, argv, "--samples", 64), length = option(argc, argv, "--length", 128);
+  const int64_t repeats = option(argc, argv, "--repeats", 1);
+  const int dp = runtime.size();
+  distill::CorpusSettings settings;
+  settings.num_samples = samples;
+  settings.seq_len = length;
+  settings.start_tokens = "random";
+  settings.greedy_prefix = {3};
+  settings.stop_at_eos = false;
+  settings.seed = option(argc, argv, "--seed", 0);
+  settings.batch_size = (samples + dp - 1) / dp;
+  const distill::CorpusSchedule schedule(settings, model->config().vocab_size);
+  std::vector<int64_t> mine;
+  for (int64_t g = runtime.rank(); g < schedule.num_groups(); g += dp) mine.push_back(g);
+  std::vector<double> seconds;
+  int64_t generated = 0;
+  auto count = [&](const io::CorpusSample& s) { generated += static_cast<int64_t>(s.tokens.size()) - 1; };
+  for (int64_t r = 0; r < repeats; ++r) {
+    runtime.world().barrier();
+    runtime.world().reset_traffic();
+    generated = 0;
+    const double start = now_s();
+    distill::generate_groups(*model, schedule, mine, count);
+    seconds.push_back(world_max(runtime, now_s() - start));
+  }
+  torch::Tensor total = torch::tensor({generated}, torch::kLong);
+  runtime.world().all_reduce(total, dist::ReduceOp::kSum);
+  // Data parallel: the groups decode independently, nothing crosses ranks.
+  finish(runtime, {{"task", "generate"}, {"tokens", total.item<int64_t>()}, {"samples", samples},
+                   {"length", length}, {"seconds", seconds}, {"comm_bytes", runtime.world().traffic().bytes},
+                   {"comm_bytes_formula", 0.0}});
+}
+
+std::string write_random_corpus(const fs::path& dir, int64_t samples, int64_t seq_len, int64_t vocab) {
+  io::CorpusIdentity identity;
+  identity.num_samples = samples;
+  identity.seq_len = seq_len;
+  identity.vocab_size = vocab;
+  std::mt19937_64 rng(1);
+  std::map<int64_t, std::vector<int32_t>> tokens;
+  for (int64_t i = 0; i < samples; ++i) {
+    std::vector<int32_t> sample(seq_len);
+    for (int32_t& t : sample) t = static_cast<int32_t>(rng() % vocab);
+    tokens[i] = sample;
+  }
+  const std::string path = (dir / "corpus.h5").string();
+  io::write_corpus_file(path, identity, tokens);
+  return path;
+}
+
+// Bytes a rank sends in one data-parallel training step (ring counting, Communicator::Traffic), from the
+// layout alone: the reduce-scatter of every fp32 bucket and the all-gather of the updated masters,
+// (dp - 1) / dp of the bucket bytes each, and three scalar all-reduces, 2 (dp - 1) / dp of their bytes: the
+// stop flag (int32), the gradient norm and the loss (fp64).
+double step_formula(const std::vector<int64_t>& bucket_sizes, int dp) {
+  const double share = static_cast<double>(dp - 1) / dp;
+  double buckets = 0;
+  for (int64_t size : bucket_sizes) buckets += 4.0 * static_cast<double>(size);
+  return share * (2 * buckets) + 2 * share * (4 + 8 + 8);
+}
+
+void run_qat_step(dist::Runtime& runtime, int argc, char** argv) {
+  dist::Grid grid(runtime, 1);
+  const std::string model_dir = text_option(argc, argv, "--model");
+  auto teacher = model::load_pretrained(model_dir, grid.tp_group());
+  auto student = model::load_pretrained(model_dir, grid.tp_group());
+  for (auto& p : teacher->parameters()) p.requires_grad_(false);
+  quant::QuantSettings quant;
+  quant.bits = text_option(argc, argv, "--quant");
+  quant::attach_quantizers(*student, quant);
+  const int64_t batch = option(argc, argv, "--batch", 8), seq_len = option(argc, argv, "--seq-len", 128);
+  const int64_t steps = option(argc, argv, "--steps", 3);
+
+  torch::Tensor pid = torch::tensor({static_cast<int64_t>(::getpid())}, torch::kLong);
+  runtime.world().broadcast(pid);  // one corpus, written by rank 0
+  const fs::path shared_dir = fs::temp_directory_path() / fmt::format("qforge_bench_compare_{}", pid.item<int64_t>());
+  if (runtime.rank() == 0) {
+    fs::create_directories(shared_dir);
+    write_random_corpus(shared_dir, batch * (steps + 1), seq_len, student->config().vocab_size);
+  }
+  runtime.world().barrier();
+  io::CorpusReader corpus((shared_dir / "corpus.h5").string());
+  train::TrainSettings settings;
+  settings.global_batch = batch;
+  settings.micro_batch = batch / grid.dp();
+  settings.lr = 2e-5;
+  settings.max_steps = steps + 1;
+  settings.schedule = "cosine";
+  train::MicroStep step = distill::distillation_step(*student, teacher.get(), corpus, distill::DistillSettings{});
+  // Step boundaries are the micro-steps' starts (one micro-step per step); step 0 is the untimed warm-up.
+  std::vector<double> starts;
+  int64_t faults_at_1 = 0;
+  auto timed = [&](const std::vector<int64_t>& samples, double tokens) {
+    starts.push_back(now_s());
+    if (starts.size() == 2) {
+      faults_at_1 = minor_faults();
+      grid.tp_group().reset_traffic();
+      grid.dp_group().reset_traffic();
+    }
+    return step(samples, tokens);
+  };
+  train::Trainer trainer(settings, *student, grid.dp_group(), corpus, distill::distilled_tokens, "", "");
+  QF_CHECK(trainer.total_steps() == steps + 1, "bench_compare: the corpus holds fewer steps than asked");
+  trainer.run(timed);
+  starts.push_back(now_s());
+  const double faults = static_cast<double>(minor_faults() - faults_at_1) / static_cast<double>(steps);
+  const double sent = (grid.tp_group().traffic().bytes + grid.dp_group().traffic().bytes) / steps;
+  std::vector<double> seconds;
+  for (size_t i = 1; i + 1 < starts.size(); ++i) seconds.push_back(world_max(runtime, starts[i + 1] - starts[i]));
+  const double formula = step_formula(trainer.bucket_sizes(), grid.dp());
+  if (runtime.rank() == 0) fs::remove_all(shared_dir);
+  finish(runtime, {{"task", "qat-step"}, {"quant", quant.bits}, {"batch", batch}, {"seq_len", seq_len},
+                   {"seconds", seconds}, {"minflt_per_step", faults}, {"comm_bytes", sent},
+                   {"comm_bytes_formula", formula}, {"dp", grid.dp()}});
+}
+
+void run_tokenize(int argc, char** argv) {
+  const std::string model_dir = text_option(argc, argv, "--model");
+  auto tokenizer = tok::load_tokenizer(model_dir);
+  const torch::Tensor ids = eval::tokenize_text_file(text_option(argc, argv, "--text"), *tokenizer).to(torch::kInt);
+  std::ofstream out(text_option(argc, argv, "--out"), std::ios::binary);
+  out.write(reinterpret_cast<const char*>(ids.data_ptr<int32_t>()), static_cast<std::streamsize>(ids.numel() * 4));
+  std::printf("%s\n", nlohmann::json{{"task", "tokenize"}, {"tokens", ids.numel()}}.dump().c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dist::Runtime runtime(&argc, &argv);
+  log::Options quiet;
+  quiet.level = log::Level::kWarn;
+  log::configure(quiet);
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: bench_compare ppl|generate|qat-step|tokenize [options] (see bench/README.md)\n");
+    return 2;
+  }
+  const std::string task = argv[1];
+  sys::configure_threads(static_cast<int>(option(argc, argv, "--threads", 0)), runtime.local_size());
+  try {
+    if (task == "ppl") run_ppl(runtime, argc, argv);
+    else if (task == "generate") run_generate(runtime, argc, argv);
+    else if (task == "qat-step") run_qat_step(runtime, argc, argv);
+    else if (task == "tokenize") run_tokenize(argc, argv);
+    else throw UsageError(fmt::format("bench_compare: unknown task '{}'", task));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_compare: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
