@@ -116,6 +116,7 @@ void run_generate(dist::Runtime& runtime, int argc, char** argv) {
   for (int64_t g = runtime.rank(); g < schedule.num_groups(); g += dp) mine.push_back(g);
   std::vector<double> seconds;
   int64_t generated = 0;
+  double sent = 0;
   auto count = [&](const io::CorpusSample& s) { generated += static_cast<int64_t>(s.tokens.size()) - 1; };
   for (int64_t r = 0; r < repeats; ++r) {
     runtime.world().barrier();
@@ -123,13 +124,14 @@ void run_generate(dist::Runtime& runtime, int argc, char** argv) {
     generated = 0;
     const double start = now_s();
     distill::generate_groups(*model, schedule, mine, count);
+    sent = runtime.world().traffic().bytes;
     seconds.push_back(world_max(runtime, now_s() - start));
   }
   torch::Tensor total = torch::tensor({generated}, torch::kLong);
   runtime.world().all_reduce(total, dist::ReduceOp::kSum);
   // Data parallel: the groups decode independently, nothing crosses ranks.
   finish(runtime, {{"task", "generate"}, {"tokens", total.item<int64_t>()}, {"samples", samples},
-                   {"length", length}, {"seconds", seconds}, {"comm_bytes", runtime.world().traffic().bytes},
+                   {"length", length}, {"seconds", seconds}, {"comm_bytes", sent},
                    {"comm_bytes_formula", 0.0}});
 }
 
@@ -178,7 +180,7 @@ void run_qat_step(dist::Runtime& runtime, int argc, char** argv) {
   const fs::path shared_dir = fs::temp_directory_path() / fmt::format("qforge_bench_compare_{}", pid.item<int64_t>());
   if (runtime.rank() == 0) {
     fs::create_directories(shared_dir);
-    write_random_corpus(shared_dir, batch * (steps + 1), seq_len, student->config().vocab_size);
+    write_random_corpus(shared_dir, batch * (steps + 2), seq_len, student->config().vocab_size);
   }
   runtime.world().barrier();
   io::CorpusReader corpus((shared_dir / "corpus.h5").string());
@@ -186,29 +188,33 @@ void run_qat_step(dist::Runtime& runtime, int argc, char** argv) {
   settings.global_batch = batch;
   settings.micro_batch = batch / grid.dp();
   settings.lr = 2e-5;
-  settings.max_steps = steps + 1;
   settings.schedule = "cosine";
   train::MicroStep step = distill::distillation_step(*student, teacher.get(), corpus, distill::DistillSettings{});
-  // Step boundaries are the micro-steps' starts (one micro-step per step); step 0 is the untimed warm-up.
+  // Step boundaries are the micro-steps' starts (one micro-step per step): step 0 is an untimed warm-up, steps
+  // 1..S are timed, and faults and bytes are read at the start of step S + 1, so that they cover S whole steps
+  // (each with the stop check that precedes its micro-step).
+  settings.max_steps = steps + 2;
   std::vector<double> starts;
-  int64_t faults_at_1 = 0;
+  int64_t faults_at_1 = 0, faults_at_end = 0;
+  double sent = 0;
   auto timed = [&](const std::vector<int64_t>& samples, double tokens) {
     starts.push_back(now_s());
     if (starts.size() == 2) {
       faults_at_1 = minor_faults();
       grid.tp_group().reset_traffic();
       grid.dp_group().reset_traffic();
+    } else if (starts.size() == static_cast<size_t>(steps) + 2) {
+      faults_at_end = minor_faults();
+      sent = (grid.tp_group().traffic().bytes + grid.dp_group().traffic().bytes) / static_cast<double>(steps);
     }
     return step(samples, tokens);
   };
   train::Trainer trainer(settings, *student, grid.dp_group(), corpus, distill::distilled_tokens, "", "");
-  QF_CHECK(trainer.total_steps() == steps + 1, "bench_compare: the corpus holds fewer steps than asked");
+  QF_CHECK(trainer.total_steps() == steps + 2, "bench_compare: the corpus holds fewer steps than asked");
   trainer.run(timed);
-  starts.push_back(now_s());
-  const double faults = static_cast<double>(minor_faults() - faults_at_1) / static_cast<double>(steps);
-  const double sent = (grid.tp_group().traffic().bytes + grid.dp_group().traffic().bytes) / steps;
+  const double faults = static_cast<double>(faults_at_end - faults_at_1) / static_cast<double>(steps);
   std::vector<double> seconds;
-  for (size_t i = 1; i + 1 < starts.size(); ++i) seconds.push_back(world_max(runtime, starts[i + 1] - starts[i]));
+  for (int64_t i = 1; i <= steps; ++i) seconds.push_back(world_max(runtime, starts[i + 1] - starts[i]));
   const double formula = step_formula(trainer.bucket_sizes(), grid.dp());
   if (runtime.rank() == 0) fs::remove_all(shared_dir);
   finish(runtime, {{"task", "qat-step"}, {"quant", quant.bits}, {"batch", batch}, {"seq_len", seq_len},

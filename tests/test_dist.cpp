@@ -178,6 +178,47 @@ TEST(Communicator, ReduceScatterGivesEachRankItsReducedPart) {
   }
 }
 
+TEST(Communicator, IntoVariantsMatchTheAllocatingOnesWithoutCopies) {
+  for (int tp : tp_sizes()) {
+    Grid grid(runtime(), tp);
+    for (Communicator* group : groups_of(grid)) {
+      const int n = group->size();
+      torch::Tensor mine = contribution(group->rank(), 6 * n, torch::kFloat);
+      torch::Tensor part = torch::full({6}, -1.0f);
+      group->reduce_scatter_into(mine, part);
+      expect_equal(part, group->reduce_scatter(mine), trace(grid, *group, torch::kFloat, "reduce_scatter_into"));
+      torch::Tensor gathered = torch::full({6 * n}, -1.0f);
+      const void* where = gathered.data_ptr();
+      group->all_gather_into(part, gathered);
+      EXPECT_EQ(gathered.data_ptr(), where) << "all_gather_into writes into its output";
+      expect_equal(gathered, group->all_gather(part), trace(grid, *group, torch::kFloat, "all_gather_into"));
+    }
+  }
+}
+
+// Communicator::Traffic counts what a ring algorithm sends per rank (closed forms), nothing on one rank.
+TEST(Communicator, TrafficCountsRingBytesPerRank) {
+  for (int tp : tp_sizes()) {
+    Grid grid(runtime(), tp);
+    for (Communicator* group : groups_of(grid)) {
+      const double p = group->size(), share = (p - 1) / p;
+      const int64_t n = 12 * group->size();
+      group->reset_traffic();
+      torch::Tensor values = torch::ones({n}, torch::kFloat);  // 4 n bytes
+      group->all_reduce(values);
+      EXPECT_DOUBLE_EQ(group->traffic().bytes, 2 * share * 4 * n) << "all_reduce on " << group->name();
+      torch::Tensor part = group->reduce_scatter(values);
+      EXPECT_DOUBLE_EQ(group->traffic().bytes, 3 * share * 4 * n) << "reduce_scatter on " << group->name();
+      group->all_gather(part);  // output 4 n bytes
+      EXPECT_DOUBLE_EQ(group->traffic().bytes, 4 * share * 4 * n) << "all_gather on " << group->name();
+      torch::Tensor doubles = torch::ones({3}, torch::kDouble);
+      group->all_reduce(doubles);
+      EXPECT_DOUBLE_EQ(group->traffic().bytes, 4 * share * 4 * n + 2 * share * 24) << group->name();
+      EXPECT_EQ(group->traffic().calls, p == 1 ? 0 : 4) << group->name();
+    }
+  }
+}
+
 TEST(Communicator, BroadcastCopiesTheRootsValues) {
   for (int tp : tp_sizes()) {
     Grid grid(runtime(), tp);

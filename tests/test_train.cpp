@@ -130,6 +130,38 @@ TEST(AdamW, MatchesTorchOptimAdamW) {
   EXPECT_GT((ours - initial).abs().max().item<double>(), 1e-3) << "five steps must move the weights";
 }
 
+// Backward accumulates straight into the optimizer's buckets: after zero_grad the gradients are views of
+// persistent buffers (no allocation per step), and the steps still match torch.optim.AdamW with clipping.
+TEST(AdamW, GradientsAccumulateInPlaceIntoTheBuckets) {
+  torch::manual_seed(2);
+  torch::Tensor w = torch::randn({33, 7}).requires_grad_(true), b = torch::randn({7}).requires_grad_(true);
+  torch::Tensor w_ref = w.detach().clone().requires_grad_(true), b_ref = b.detach().clone().requires_grad_(true);
+  DistributedAdamW optimizer({{"w", w, false}, {"b", b, false}}, runtime().self(), runtime().self(),
+                             {0.9, 0.999, 1e-8, 0.0}, 100, true);
+  torch::optim::AdamW reference({w_ref, b_ref}, torch::optim::AdamWOptions(1e-2).weight_decay(0.0));
+  const void* bucket = w.grad().data_ptr();
+  for (int step = 0; step < 4; ++step) {
+    const torch::Tensor x = torch::randn({5, 33});
+    ((x.matmul(w) + b).pow(2).sum() * 3).backward();
+    ((x.matmul(w_ref) + b_ref).pow(2).sum() * 3).backward();
+    EXPECT_EQ(w.grad().data_ptr(), bucket) << "backward accumulated into the bucket view at step " << step;
+    const double norm = optimizer.reduce_gradients();
+    const double expected = std::sqrt(w_ref.grad().pow(2).sum().item<double>() + b_ref.grad().pow(2).sum().item<double>());
+    EXPECT_NEAR(norm, expected, kAdamRelTol * expected);
+    const double scale = norm > 1.0 ? 1.0 / (norm + 1e-6) : 1.0;  // clip_grad_norm_(1.0)
+    torch::nn::utils::clip_grad_norm_(std::vector<torch::Tensor>{w_ref, b_ref}, 1.0);
+    optimizer.step(1e-2, scale);
+    reference.step();
+    optimizer.zero_grad();
+    reference.zero_grad();
+    EXPECT_EQ(w.grad().data_ptr(), bucket);
+    EXPECT_EQ(w.grad().abs().max().item<double>(), 0.0) << "zero_grad zeroes in place";
+  }
+  torch::NoGradGuard no_grad;
+  EXPECT_LE((w - w_ref).abs().max().item<double>(), kAdamRelTol * w_ref.abs().max().item<double>());
+  EXPECT_LE((b - b_ref).abs().max().item<double>(), kAdamRelTol * b_ref.abs().max().item<double>());
+}
+
 TEST(AdamW, GradientNormCountsReplicatedParametersOnce) {
   // Two "TP ranks" are impossible in one process; the DP sum and the norm over owned slices are checked here,
   // the TP rule by the grid runs below (clipping is active there).

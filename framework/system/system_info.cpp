@@ -3,6 +3,7 @@
 #include "framework/dist/communicator.h"
 #include "framework/dist/runtime.h"
 #include "framework/log/log.h"
+#include "framework/system/layout_probe.h"
 #include "framework/system/version.h"
 
 #include <dlfcn.h>
@@ -171,6 +172,10 @@ std::string describe_environment(dist::Runtime& runtime, dist::Grid& grid) {
   text += fmt::format("BLAS       {}\n           {}; 512^3 fp32 matmul {:.1f} GFLOP/s on rank 0\n", blas.description, blas.library, gflops);
   text += fmt::format("threads    {} intra-op per rank, {} local rank(s) on rank 0's node, {} hardware threads\n",
                       at::get_num_threads(), runtime.local_size(), std::thread::hardware_concurrency());
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  text += fmt::format("layouts    ranks x threads per node, a decoder layer's work items/s measured on rank 0 "
+                      "(alone on the node for a fair figure):\n           {}\n",
+                      describe_layouts(measure_layouts(cores)));
   text += fmt::format("MPI        {}\n", mpi_library_version());
   text += fmt::format("CUDA       {}\n", cuda_summary());
   text += fmt::format("NCCL       {}\n", dist::nccl_built() ? "built" : "not built (libtorch has no CUDA)");
