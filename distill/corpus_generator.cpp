@@ -132,12 +132,14 @@ void decode_group(model::CausalLM& model, const CorpusSchedule& schedule, const 
   // advance one token per step.
   for (int64_t position = 0; !rows.empty(); ++position) {
     const auto batch = static_cast<int64_t>(rows.size());
-    torch::Tensor ids = torch::empty({batch, 1}, torch::kLong);
-    torch::Tensor uniforms = torch::empty({batch}, torch::kDouble);
+    std::vector<int64_t> last(batch);
+    std::vector<double> draws(batch);
     for (int64_t b = 0; b < batch; ++b) {
-      ids[b][0] = rows[b].sample.tokens.back();
-      uniforms[b] = model::uniform_from(rows[b].plan.seed, static_cast<uint64_t>(position + 1));
+      last[b] = rows[b].sample.tokens.back();
+      draws[b] = model::uniform_from(rows[b].plan.seed, static_cast<uint64_t>(position + 1));
     }
+    const torch::Tensor ids = torch::tensor(last, torch::kLong).view({batch, 1});
+    const torch::Tensor uniforms = torch::tensor(draws, torch::kDouble);
     const torch::Tensor positions = torch::full({batch, 1}, position, torch::kLong);
     torch::Tensor logits = model.forward(ids, positions, &cache).squeeze(1);  // [B, V_local]
     torch::Tensor greedy = model::vocab_parallel_argmax(logits, model.tp(), model.vocab_start()).cpu();
