@@ -135,23 +135,6 @@ void run_generate(dist::Runtime& runtime, int argc, char** argv) {
                    {"comm_bytes_formula", 0.0}});
 }
 
-std::string write_random_corpus(const fs::path& dir, int64_t samples, int64_t seq_len, int64_t vocab) {
-  io::CorpusIdentity identity;
-  identity.num_samples = samples;
-  identity.seq_len = seq_len;
-  identity.vocab_size = vocab;
-  std::mt19937_64 rng(1);
-  std::map<int64_t, std::vector<int32_t>> tokens;
-  for (int64_t i = 0; i < samples; ++i) {
-    std::vector<int32_t> sample(seq_len);
-    for (int32_t& t : sample) t = static_cast<int32_t>(rng() % vocab);
-    tokens[i] = sample;
-  }
-  const std::string path = (dir / "corpus.h5").string();
-  io::write_corpus_file(path, identity, tokens);
-  return path;
-}
-
 // Bytes a rank sends in one data-parallel training step (ring counting, Communicator::Traffic), from the
 // layout alone: the reduce-scatter of every fp32 bucket and the all-gather of the updated masters,
 // (dp - 1) / dp of the bucket bytes each, and three scalar all-reduces, 2 (dp - 1) / dp of their bytes: the
@@ -180,10 +163,10 @@ void run_qat_step(dist::Runtime& runtime, int argc, char** argv) {
   const fs::path shared_dir = fs::temp_directory_path() / fmt::format("qforge_bench_compare_{}", pid.item<int64_t>());
   if (runtime.rank() == 0) {
     fs::create_directories(shared_dir);
-    write_random_corpus(shared_dir, batch * (steps + 2), seq_len, student->config().vocab_size);
+    bench::write_random_corpus(shared_dir.string(), batch * (steps + 2), seq_len, student->config().vocab_size);
   }
   runtime.world().barrier();
-  io::CorpusReader corpus((shared_dir / "corpus.h5").string());
+  io::CorpusReader corpus((shared_dir / "bench_corpus.h5").string());
   train::TrainSettings settings;
   settings.global_batch = batch;
   settings.micro_batch = batch / grid.dp();

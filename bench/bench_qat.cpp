@@ -46,23 +46,6 @@ void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
   if (is_matmul(fn.name())) matmul_ns += static_cast<int64_t>((now_s() - matmul_started) * 1e9);
 }
 
-std::string write_corpus(const fs::path& dir, int64_t samples, int64_t seq_len, int64_t vocab) {
-  io::CorpusIdentity identity;
-  identity.num_samples = samples;
-  identity.seq_len = seq_len;
-  identity.vocab_size = vocab;
-  std::mt19937_64 rng(1);
-  std::map<int64_t, std::vector<int32_t>> tokens;
-  for (int64_t i = 0; i < samples; ++i) {
-    std::vector<int32_t> sample(seq_len);
-    for (int32_t& t : sample) t = static_cast<int32_t>(rng() % vocab);
-    tokens[i] = sample;
-  }
-  const std::string path = (dir / "bench_corpus.h5").string();
-  io::write_corpus_file(path, identity, tokens);
-  return path;
-}
-
 struct Measurement {
   double step_s, tokens_per_s, matmul_share;
 };
@@ -104,7 +87,8 @@ int main(int argc, char** argv) {
 
   const fs::path dir = fs::temp_directory_path() / fmt::format("qforge_bench_qat_{}", ::getpid());
   fs::create_directories(dir);
-  io::CorpusReader corpus(write_corpus(dir, batch * (steps + 3), seq_len, config.vocab_size));
+  io::CorpusReader corpus(
+      qforge::bench::write_random_corpus(dir.string(), batch * (steps + 3), seq_len, config.vocab_size));
   train::TrainSettings settings;
   settings.global_batch = batch;
   settings.micro_batch = batch;

@@ -146,7 +146,8 @@ TEST(AdamW, GradientsAccumulateInPlaceIntoTheBuckets) {
     ((x.matmul(w_ref) + b_ref).pow(2).sum() * 3).backward();
     EXPECT_EQ(w.grad().data_ptr(), bucket) << "backward accumulated into the bucket view at step " << step;
     const double norm = optimizer.reduce_gradients();
-    const double expected = std::sqrt(w_ref.grad().pow(2).sum().item<double>() + b_ref.grad().pow(2).sum().item<double>());
+    const double expected =
+        std::sqrt(w_ref.grad().pow(2).sum().item<double>() + b_ref.grad().pow(2).sum().item<double>());
     EXPECT_NEAR(norm, expected, kAdamRelTol * expected);
     const double scale = norm > 1.0 ? 1.0 / (norm + 1e-6) : 1.0;  // clip_grad_norm_(1.0)
     torch::nn::utils::clip_grad_norm_(std::vector<torch::Tensor>{w_ref, b_ref}, 1.0);

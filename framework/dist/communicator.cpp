@@ -279,7 +279,8 @@ torch::Tensor Communicator::reduce_scatter(const torch::Tensor& tensor, ReduceOp
   // Rank r's part first in memory: [size, ...part shape]; along dim 0 a contiguous tensor already is.
   std::vector<int64_t> stacked{size_, extent / size_};
   for (int64_t d = 1; d < tensor.dim(); ++d) stacked.push_back(tensor.size(d));
-  torch::Tensor input = dim == 0 ? tensor.contiguous().view(stacked) : torch::stack(tensor.chunk(size_, dim), 0).contiguous();
+  torch::Tensor input =
+      dim == 0 ? tensor.contiguous().view(stacked) : torch::stack(tensor.chunk(size_, dim), 0).contiguous();
   count(1, input);
   torch::Tensor output = torch::empty(input.sizes().slice(1), input.options());
   backend_for(input).reduce_scatter(input, output, backend_op(op));
