@@ -19,10 +19,11 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 
 }  // namespace
 
-// Hugging Face's rotate-half RoPE, x * cos + rotate_half(x) * sin, is x * cos + roll(x, d/2) * signed_sin with
-// signed_sin = sin with its first half negated: three operations instead of six. q's tables also carry the
-// 1 / sqrt(head_dim) score scale. The additive causal mask is one [T, T] triangle when the positions are
-// 0..T-1 in every row (training, evaluation), else [B, 1, T, keys] from the positions.
+// Hugging Face's rotate-half RoPE tables and the additive causal mask, built once per forward pass instead of
+// once per layer. The mask is one [T, T] triangle when the positions are 0..T-1 in every row (training,
+// evaluation), else [B, 1, T, keys] from the positions. (A RoPE as roll + addcmul with the score scale folded
+// into q's tables saves three operations per layer but rounds differently: GPTQ's act-order then flips
+// near-ties between TP layouts.)
 struct AttentionTables {
   torch::Tensor positions;  // held, so that its identity (and _version) names this forward pass
   uint32_t version = 0;
@@ -30,8 +31,6 @@ struct AttentionTables {
   double theta = 0;
   bool by_position = false;          // keys sit at index == position in a KV cache
   torch::Tensor cos, sin;            // [B, 1, T, head_dim]
-  torch::Tensor signed_sin;          // sin with its first half negated
-  torch::Tensor q_cos, q_signed_sin;  // times 1 / sqrt(head_dim)
   torch::Tensor mask;                // fp32, 0 or -inf: [T, T] (triangle) or [B, 1, T, keys]
   bool triangle = false;
   std::vector<int64_t> block_keys;  // keys each block of queries sees
@@ -59,7 +58,6 @@ void fill_tables(AttentionTables& t, const torch::Tensor& positions, int64_t hea
   t.theta = theta;
   t.by_position = cached;
   const int64_t batch = positions.size(0), length = positions.size(1);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   if (rope) {
     torch::Tensor exponents = torch::arange(0, head_dim, 2, torch::kDouble) / static_cast<double>(head_dim);
     torch::Tensor inv_freq = (1.0 / torch::pow(theta, exponents)).to(torch::kFloat).to(positions.device());
@@ -67,11 +65,6 @@ void fill_tables(AttentionTables& t, const torch::Tensor& positions, int64_t hea
     torch::Tensor angles = torch::cat({freqs, freqs}, -1).unsqueeze(1);
     t.cos = angles.cos();
     t.sin = angles.sin();
-    torch::Tensor sign = torch::ones({head_dim}, t.sin.options());
-    sign.narrow(0, 0, head_dim / 2).fill_(-1);
-    t.signed_sin = t.sin * sign;
-    t.q_cos = t.cos * scale;
-    t.q_signed_sin = t.signed_sin * scale;
   }
   const torch::TensorOptions fp32 = positions.options().dtype(torch::kFloat);
   const float hidden = -std::numeric_limits<float>::infinity();
@@ -193,7 +186,6 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   if (!tables->matches(positions, head_dim, config_.rope_theta, cached))
     fill_tables(*tables, positions, head_dim, config_.rope_theta, rope, cached);
   const AttentionTables& t = *tables;
-  bool scaled = false;
   if (rope && rope_index.defined()) {  // each kv head's channels in their permuted order; q heads follow their kv head
     const int64_t group = local_heads_ / local_kv_heads_;
     torch::Tensor kv_index = rope_index.view({1, local_kv_heads_, 1, head_dim}).expand({batch, -1, length, -1});
@@ -202,10 +194,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     q = q * t.cos.expand_as(q).gather(-1, q_index) + rotate_half(q) * t.sin.expand_as(q).gather(-1, q_index);
     k = k * t.cos.expand_as(k).gather(-1, kv_index) + rotate_half(k) * t.sin.expand_as(k).gather(-1, kv_index);
   } else if (rope) {
-    const int64_t half = head_dim / 2;
-    q = torch::addcmul(q * t.q_cos, q.roll(half, -1), t.q_signed_sin);
-    k = torch::addcmul(k * t.cos, k.roll(half, -1), t.signed_sin);
-    scaled = true;
+    q = q * t.cos + rotate_half(q) * t.sin;
+    k = k * t.cos + rotate_half(k) * t.sin;
   }
   k = k_cache_site(k);
   v = v_cache_site(v);
@@ -221,7 +211,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     k = k.repeat_interleave(local_heads_ / local_kv_heads_, 1);
     v = v.repeat_interleave(local_heads_ / local_kv_heads_, 1);
   }
-  if (!scaled) q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
   std::vector<torch::Tensor> blocks;
   for (size_t b = 0; b < t.block_keys.size(); ++b) {
     const int64_t start = static_cast<int64_t>(b) * kQueryBlock, count = std::min(kQueryBlock, length - start);

@@ -79,12 +79,12 @@ void DistributedAdamW::gather_gradients(Bucket& bucket) {
 }
 
 namespace {
-// Sum of squares, accumulated in double over fp32 dot products of 2^20 values (no fp64 copy of the bucket).
+// Sum of squares in fp64, a slice of 2^20 values at a time (an 8 MB temporary, not an fp64 copy of the bucket).
 double square_sum(const torch::Tensor& values) {
   constexpr int64_t kPiece = int64_t{1} << 20;
   double total = 0;
   for (int64_t start = 0; start < values.numel(); start += kPiece) {
-    torch::Tensor piece = values.narrow(0, start, std::min(kPiece, values.numel() - start));
+    torch::Tensor piece = values.narrow(0, start, std::min(kPiece, values.numel() - start)).to(torch::kDouble);
     total += torch::dot(piece, piece).item<double>();
   }
   return total;
