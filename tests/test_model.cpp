@@ -149,6 +149,22 @@ TEST(KvCache, IncrementalDecodingMatchesTheFullForward) {
   }
 }
 
+// The layers share RoPE tables and the mask made for one positions tensor; a positions tensor changed in place
+// between two forward passes must remake them (the same positions object, a new _version()).
+TEST(KvCache, PositionsChangedInPlaceAreNotServedStaleTables) {
+  for (const auto& [name, config] : configs()) {
+    CausalLM model(config, runtime().self());
+    init_random(model, 9);
+    torch::NoGradGuard no_grad;
+    torch::Tensor ids = random_ids(2, 6, config.vocab_size, 32);
+    torch::Tensor positions = torch::zeros({2, 6}, torch::kLong);  // every key visible to every query
+    model.forward(ids, positions);
+    positions.add_(torch::arange(6));  // now 0..5 (causal), in place
+    const torch::Tensor changed = model.forward(ids, positions);  // before any other positions reach the model
+    expect_close(changed, model.forward(ids), 0, 0, fmt::format("{}: in-place positions", name));
+  }
+}
+
 TEST(Generation, BatchedPromptsOfDifferentLengthsMatchOneAtATime) {
   ModelConfig config = llama(8, 4, true);
   const int tp = runtime().size() % 2 == 0 ? 2 : 1;

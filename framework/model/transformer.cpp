@@ -25,8 +25,8 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 // into q's tables saves three operations per layer but rounds differently: GPTQ's act-order then flips
 // near-ties between TP layouts.)
 struct AttentionTables {
-  torch::Tensor positions;  // held, so that its identity (and _version) names this forward pass
-  uint32_t version = 0;
+  torch::Tensor positions;  // held, so that its address cannot name another tensor
+  uint32_t version = 0;     // its _version() when the tables were made: an in-place change remakes them
   int64_t head_dim = 0;
   double theta = 0;
   bool by_position = false;          // keys sit at index == position in a KV cache
@@ -38,7 +38,7 @@ struct AttentionTables {
 
   bool matches(const torch::Tensor& p, int64_t d, double t, bool cached) const {
     return positions.defined() && positions.unsafeGetTensorImpl() == p.unsafeGetTensorImpl() &&
-           positions._version() == p._version() && head_dim == d && theta == t && by_position == cached;
+           version == p._version() && head_dim == d && theta == t && by_position == cached;
   }
 };
 
