@@ -131,9 +131,13 @@ up() {
     overrides="SlurmdParameters=config_overrides"
   fi
 
+  local first_job=$(( ((RANDOM << 15) | RANDOM) % 60000000 + 1000 ))
   cat >"$dir/slurm.conf" <<EOF
 # Written by launch/slurm/local-cluster.sh for $host; everything lives under $dir.
 ClusterName=qforge
+# Job ids from a random start: Slurm's PMIx plugin names its directories in /tmp by job and step id, so two clusters
+# both running their job 1 under srun would collide (measured: "task 0 launch failed").
+FirstJobId=$first_job
 SlurmctldHost=$host
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port

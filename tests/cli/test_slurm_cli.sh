@@ -71,7 +71,7 @@ finish() {  # finish JOB SECONDS: waits until JOB has ended for good (a requeued
   echo "job $1: $state, exit code $exit, restarts $(field "$1" Restarts), $(field "$1" RunTime) run time"
 }
 stop_when_saved() {  # stop_when_saved JOB NAME: SIGTERM to the batch script once the first checkpoint exists
-  for _ in $(seq 1 600); do [ -e "$work/$2/$FIRST_CHECKPOINT" ] && break; sleep 0.05; done
+  for _ in $(seq 1 2400); do [ -e "$work/$2/$FIRST_CHECKPOINT" ] && break; sleep 0.05; done
   scancel --signal=TERM --batch "$1"
 }
 output() { cat "$work/$1/job.out"; }
