@@ -2,6 +2,7 @@
 
 #include "launch/memory_plan.h"
 #include "launch/model_commands.h"
+#include "launch/pipeline.h"
 
 #include "framework/common/atomic_file.h"
 #include "framework/common/checksum.h"
@@ -16,7 +17,6 @@
 
 #include <climits>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -160,12 +160,7 @@ bool same_job_on_every_rank(dist::Runtime& runtime, const config::CommandLine& l
   runtime.world().all_reduce(extremes, dist::ReduceOp::kMin);
   if (extremes[0].item<int64_t>() == ~extremes[1].item<int64_t>()) return true;
   const std::string mine = command + '\n' + yaml;
-  torch::Tensor length = torch::tensor({static_cast<int64_t>(mine.size())}, torch::kLong);
-  runtime.world().broadcast(length, 0);
-  torch::Tensor bytes = torch::zeros({length.item<int64_t>()}, torch::kUInt8);
-  if (runtime.rank() == 0) std::memcpy(bytes.data_ptr(), mine.data(), mine.size());
-  runtime.world().broadcast(bytes, 0);
-  const std::string theirs(static_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(bytes.numel()));
+  const std::string theirs = runtime.world().broadcast_text(mine, 0);
   const std::string rank0_command = theirs.substr(0, theirs.find('\n'));
   std::string error;
   if (rank0_command != command) {
@@ -193,6 +188,7 @@ const std::vector<Command>& all_commands() {
     std::vector<Command> list = {
         {{"env", "print the job's layout (ranks, nodes, TP x DP), libtorch, BLAS, threads, CUDA and NCCL", {}}, run_env},
         plan_command(),
+        pipeline_command(),
     };
     for (Command& command : model_commands()) list.push_back(std::move(command));
     return list;

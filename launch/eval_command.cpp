@@ -26,23 +26,13 @@ namespace {
 
 const std::vector<std::string> kPerplexityTasks = {"wikitext2", "c4"};
 
-std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> parts;
-  std::stringstream in(text);
-  for (std::string part; std::getline(in, part, ',');) {
-    const auto first = part.find_first_not_of(' '), last = part.find_last_not_of(' ');
-    if (first != std::string::npos) parts.push_back(part.substr(first, last - first + 1));
-  }
-  return parts;
-}
-
 bool is_perplexity_task(const std::string& name) {
   return std::find(kPerplexityTasks.begin(), kPerplexityTasks.end(), name) != kPerplexityTasks.end();
 }
 
 // eval.tasks checked before any work: every name known.
 std::vector<std::string> requested_tasks(const EvalSettings& e) {
-  const auto tasks = split_list(e.tasks);
+  const auto tasks = config::split_list(e.tasks);
   if (tasks.empty()) throw UsageError("eval.tasks is empty: name at least one task (--tasks piqa,arc_easy)");
   const auto& known = eval::task_names();
   for (const std::string& t : tasks) {
@@ -56,7 +46,7 @@ std::vector<std::string> requested_tasks(const EvalSettings& e) {
 // eval.paths "task=path,..." as a map; a malformed entry or unknown task is a UsageError.
 std::map<std::string, std::string> task_paths(const EvalSettings& e) {
   std::map<std::string, std::string> paths;
-  for (const std::string& entry : split_list(e.paths)) {
+  for (const std::string& entry : config::split_list(e.paths)) {
     const auto equals = entry.find('=');
     if (equals == std::string::npos || equals == 0 || equals + 1 == entry.size())
       throw UsageError(fmt::format("eval.paths: '{}' is not TASK=PATH", entry));
@@ -75,17 +65,8 @@ std::string perplexity_path(const std::string& task, const std::map<std::string,
 
 // Bytes of the checkpoint's weight files as stored, and bits per parameter of the model they hold.
 nlohmann::json model_size(const std::string& dir, const model::CausalLM& model) {
-  int64_t bytes = 0;
   std::vector<std::string> files;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    const bool weights = entry.path().extension() == ".safetensors" ||
-                         (name.rfind("pytorch_model", 0) == 0 && entry.path().extension() == ".bin");
-    if (!entry.is_regular_file() || !weights) continue;
-    bytes += static_cast<int64_t>(entry.file_size());
-    files.push_back(name);
-  }
-  std::sort(files.begin(), files.end());
+  const int64_t bytes = weight_file_bytes(dir, &files);
   int64_t parameters = 0;
   for (const auto& w : model.weights().entries()) {
     int64_t n = 1;

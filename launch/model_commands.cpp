@@ -140,6 +140,8 @@ int run_init_model(CommandContext& context) {
   return 0;
 }
 
+}  // namespace
+
 int run_eval(CommandContext& context) {
   const std::string& task = context.line.positionals.at(0);
   if (task == "tasks") return run_eval_tasks(context);
@@ -166,6 +168,8 @@ int run_eval(CommandContext& context) {
   output.commit();
   return 0;
 }
+
+namespace {
 
 int run_generate_text(CommandContext& context) {
   const QforgeConfig& c = context.config;
@@ -195,6 +199,22 @@ void attach_eval_quantizers(const QforgeConfig& c, model::CausalLM& model) {
   const quant::AttachReport quantized = quant::attach_quantizers(model, c.quant);
   log::info("fake-quantized W-A-KV {}: {} linear layers, {} attention layers", c.quant.bits,
             quantized.quantized_linears, quantized.attention_layers);
+}
+
+int64_t weight_file_bytes(const std::string& dir, std::vector<std::string>* files) {
+  int64_t bytes = 0;
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool weights = entry.path().extension() == ".safetensors" ||
+                         (name.rfind("pytorch_model", 0) == 0 && entry.path().extension() == ".bin");
+    if (!entry.is_regular_file() || !weights) continue;
+    bytes += static_cast<int64_t>(entry.file_size());
+    names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  if (files) *files = std::move(names);
+  return bytes;
 }
 
 const std::string& required_setting(const std::string& value, const char* key, const char* option) {

@@ -25,6 +25,10 @@ distill::TeacherIdentity teacher_identity(const ModelSettings& settings, const m
 // model.path loaded over the grid's TP group with model.dtype on model.device.
 std::shared_ptr<model::CausalLM> load_model(const CommandContext& context, dist::Grid& grid);
 
+// Bytes of the checkpoint's weight files in `dir` as stored (*.safetensors, pytorch_model*.bin); their names, sorted,
+// into `files` when given.
+int64_t weight_file_bytes(const std::string& dir, std::vector<std::string>* files = nullptr);
+
 // Copies the model's tokenizer (tokenizer_path; a vocab.json with its merges.txt) into `dir`, beside a checkpoint a
 // command wrote there.
 void copy_tokenizer(const ModelSettings& model, const std::string& dir);
@@ -58,6 +62,7 @@ void write_outputs(const CommandContext& context, const std::string& name, const
 // The LLM-QAT fake quantizers of quant.bits, when any part is below 16 bits (eval ppl, eval tasks).
 void attach_eval_quantizers(const QforgeConfig& c, model::CausalLM& model);
 
+int run_eval(CommandContext& context);         // eval ppl or eval tasks (the first positional)
 int run_eval_tasks(CommandContext& context);   // eval_command.cpp
 int run_generate(CommandContext& context);     // generate_command.cpp
 int run_show_corpus(CommandContext& context);  // generate_command.cpp

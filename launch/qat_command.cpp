@@ -160,6 +160,7 @@ int run_qat(CommandContext& context) {
   }
   nlohmann::json report = {{"steps", result.steps_done}, {"final_loss", result.last_loss}, {"bits", c.quant.bits}};
   if (!result.losses.empty()) report["first_loss"] = result.losses.front();  // of this run (not of a resumed one)
+  report["losses"] = result.history;  // every step's, resumed runs included (the pipeline's report plots them)
   report["sizes"] = export_student(context, *student, grid);
   if (context.runtime.rank() == 0)
     std::printf("qat: %lld steps, distillation loss %.4f -> %.4f; student in %s\n",

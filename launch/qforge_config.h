@@ -6,6 +6,7 @@
 #include "distill/distillation.h"
 #include "framework/config/settings.h"
 #include "framework/train/trainer.h"
+#include "launch/pipeline_settings.h"
 #include "quant/ptq.h"
 #include "quant/qat.h"
 #include "rptq/settings.h"
@@ -26,6 +27,7 @@ struct QforgeConfig {
   train::TrainSettings train;
   quant::PtqSettings ptq;
   rptq::RptqSettings rptq;
+  PipelineSettings pipeline;
 
   template <class V>
   void visit(V& v) {
@@ -42,6 +44,7 @@ struct QforgeConfig {
     v("train", train);
     v("ptq", ptq);
     v("rptq", rptq);
+    v("pipeline", pipeline);
   }
 };
 

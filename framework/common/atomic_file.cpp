@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 namespace qforge {
 
@@ -26,6 +27,14 @@ void AtomicFile::commit() {
   if (std::rename(temp_path_.c_str(), path_.c_str()) != 0)
     throw Error(fmt::format("cannot rename '{}' to '{}': {}", temp_path_, path_, std::strerror(errno)));
   committed_ = true;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  if (in) text << in.rdbuf();
+  if (!in || in.bad()) throw Error(fmt::format("cannot read '{}': {}", path, std::strerror(errno)));
+  return text.str();
 }
 
 void write_file_atomically(const std::string& path, const std::string& contents) {

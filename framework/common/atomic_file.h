@@ -27,6 +27,8 @@ class AtomicFile {
 
 // Writes `contents` to `path` through an AtomicFile; creates missing parent directories.
 void write_file_atomically(const std::string& path, const std::string& contents);
+// The whole file at `path`; an Error naming it when it cannot be read.
+std::string read_file(const std::string& path);
 
 // A directory output (a checkpoint, a command's output.dir) that appears under its final name only when complete:
 // it is written into the sibling "<parent>/.<name>.partial" (the same name on every rank, so that the ranks of a

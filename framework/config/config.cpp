@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 namespace qforge::config {
 namespace {
@@ -95,6 +96,16 @@ YAML::Node load_tree(const std::string& file, const std::vector<std::string>& ov
     origins[path] = option;
   }
   return tree;
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> parts;
+  std::stringstream in(text);
+  for (std::string part; std::getline(in, part, ',');) {
+    const auto first = part.find_first_not_of(' '), last = part.find_last_not_of(' ');
+    if (first != std::string::npos) parts.push_back(part.substr(first, last - first + 1));
+  }
+  return parts;
 }
 
 std::string Reader::where(const std::string& key_path, const YAML::Node& node) const {

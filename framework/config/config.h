@@ -57,6 +57,10 @@ inline auto one_of(std::vector<std::string> choices) {
   };
 }
 
+// The items of a comma-separated value ("piqa, arc_easy" -> piqa, arc_easy): spaces around items and empty items
+// dropped.
+std::vector<std::string> split_list(const std::string& text);
+
 // ---- reading -------------------------------------------------------------------------------------------------
 
 template <class T, class = void>

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <climits>
+#include <cstring>
 
 namespace qforge::dist {
 
@@ -304,6 +305,15 @@ void Communicator::all_gather_into(const torch::Tensor& input, torch::Tensor& ou
                        output.numel()));
   count(1, output);
   backend_for(input).all_gather(input, output);
+}
+
+std::string Communicator::broadcast_text(const std::string& text, int root) {
+  torch::Tensor length = torch::tensor({static_cast<int64_t>(text.size())}, torch::kLong);
+  broadcast(length, root);
+  torch::Tensor bytes = torch::zeros({length.item<int64_t>()}, torch::kUInt8);
+  if (rank_ == root && !text.empty()) std::memcpy(bytes.data_ptr(), text.data(), text.size());
+  broadcast(bytes, root);
+  return std::string(static_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(bytes.numel()));
 }
 
 void Communicator::broadcast(torch::Tensor& tensor, int root) {

@@ -53,6 +53,8 @@ class Communicator {
   void all_gather_into(const torch::Tensor& input, torch::Tensor& output);
   // In place: every rank receives `root`'s values.
   void broadcast(torch::Tensor& tensor, int root = 0);
+  // `root`'s text on every rank (its length, then its bytes); the others' `text` is ignored.
+  std::string broadcast_text(const std::string& text, int root = 0);
   void barrier();
 
   // Bytes this rank sends, counted as the bandwidth-optimal (ring) algorithm sends them for a group of p ranks:

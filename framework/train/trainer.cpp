@@ -65,14 +65,6 @@ std::string optimizer_file_name(int tp_rank, int dp_rank) {
   return fmt::format("optimizer-tp{:02d}-dp{:03d}.safetensors", tp_rank, dp_rank);
 }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(fmt::format("cannot read '{}'", path.string()));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // Every tensor of a checkpoint file; NaN or Inf (which would surface only as a gradient norm of nan) is refused,
 // naming the file and the tensor.
 std::vector<std::pair<std::string, torch::Tensor>> read_all(const io::SafetensorsFile& file) {
@@ -103,6 +95,7 @@ struct Trainer::State {
   std::unique_ptr<DistributedAdamW> optimizer;
   int64_t steps_done = 0;
   double last_loss = 0;
+  std::vector<double> history;  // every step's loss so far, restored on resume
 };
 
 Trainer::Trainer(TrainSettings settings, model::CausalLM& model, dist::Communicator& dp, const io::CorpusReader& corpus,
@@ -206,6 +199,7 @@ TrainResult Trainer::run(const MicroStep& micro_step) {
     double tokens = 0;
     state_->last_loss = train_step(state_->steps_done, micro_step, tokens);
     result.losses.push_back(state_->last_loss);
+    state_->history.push_back(state_->last_loss);
     ++state_->steps_done;
     tokens_run += tokens;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -217,6 +211,7 @@ TrainResult Trainer::run(const MicroStep& micro_step) {
   }
   result.steps_done = state_->steps_done;
   result.last_loss = state_->last_loss;
+  result.history = state_->history;
   return result;
 }
 
@@ -320,6 +315,7 @@ void Trainer::save_checkpoint() {
                 {"zero", settings_.zero},          {"bucket_sizes", state_->optimizer->bucket_sizes()},
                 {"global_batch", settings_.global_batch}, {"corpus", corpus_.path()},
                 {"corpus_samples", corpus_.num_samples()}, {"loss", state_->last_loss},
+                {"losses", state_->history},
                 {"complete", state_->steps_done == total_steps_}};
   std::vector<std::string> leader_files{kStateFile};
   write_file_atomically((dir / kStateFile).string(), state.dump(2) + "\n");
@@ -385,7 +381,7 @@ void Trainer::load_checkpoint(const std::string& dir, const CheckpointManifest& 
   const fs::path state_file = fs::path(dir) / kStateFile;
   json saved;
   try {
-    saved = json::parse(read_text(state_file));
+    saved = json::parse(read_file(state_file.string()));
   } catch (const json::exception& e) {
     throw Error(fmt::format("checkpoint state '{}' is not valid JSON: {}", state_file.string(), e.what()));
   }
@@ -398,6 +394,8 @@ void Trainer::load_checkpoint(const std::string& dir, const CheckpointManifest& 
   state_->optimizer->load_state(read_all(optimizer_file), manifest.step);
   state_->steps_done = manifest.step;
   state_->last_loss = saved.value("loss", 0.0);
+  state_->history = saved.value("losses", std::vector<double>{});
+  state_->history.resize(static_cast<size_t>(manifest.step), 0.0);  // checkpoints from before the history: zeros
   log::info(fmt::format("resumed from {} (step {} of {})", dir, manifest.step, total_steps_));
 }
 

@@ -82,6 +82,8 @@ struct TrainResult {
   bool stopped = false;      // a stop signal arrived; a checkpoint of steps_done was saved
   double last_loss = 0.0;    // mean per-token loss of the last step
   std::vector<double> losses;  // per step run in this call
+  // Every step's loss from step 1, the resumed ones included (each checkpoint records the history so far).
+  std::vector<double> history;
 };
 
 class Trainer {
