@@ -39,6 +39,16 @@ json task_metrics(const json& results) {
   return metrics;
 }
 
+// The mean of a row's accuracy-like task metrics (acc, acc_norm, exact_match); NaN when it has none.
+double mean_accuracy(const json& row) {
+  double sum = 0;
+  int count = 0;
+  if (row.contains("tasks"))
+    for (const auto& [task, m] : row["tasks"].items())
+      if (m["metric"] != "perplexity") sum += m["value"].get<double>(), ++count;
+  return count ? sum / count : NAN;
+}
+
 std::string number(const json& value, const char* format) {
   return value.is_number() ? fmt::format(fmt::runtime(format), value.get<double>()) : std::string("—");
 }
@@ -177,12 +187,11 @@ json build_report(const ReportInputs& inputs) {
   for (const auto& [bits, file] : inputs.losses) losses[bits] = read_json(file).value("losses", json::array());
   json seconds = json::array();  // in the order the stages ran
   for (const auto& [stage, s] : inputs.stage_seconds) seconds.push_back({{"stage", stage}, {"seconds", s}});
-  return {{"teacher", inputs.teacher},
-          {"settings", inputs.bits},
-          {"rows", rows},
-          {"qat_losses", losses},
-          {"stage_seconds", seconds},
-          {"plots", {"plots/distill_loss.svg", "plots/quality.svg"}}};
+  json plots = {"plots/distill_loss.svg", "plots/quality.svg"};
+  if (std::any_of(rows.begin(), rows.end(), [](const json& row) { return std::isfinite(mean_accuracy(row)); }))
+    plots.push_back("plots/accuracy.svg");
+  return {{"teacher", inputs.teacher}, {"settings", inputs.bits},  {"rows", rows},
+          {"qat_losses", losses},      {"stage_seconds", seconds}, {"plots", plots}};
 }
 
 std::string report_markdown(const json& report) {
@@ -220,19 +229,24 @@ std::string report_markdown(const json& report) {
   md += "\n| stage | time (s) |\n|---|---|\n";
   for (const json& stage : report["stage_seconds"])
     md += fmt::format("| {} | {:.1f} |\n", stage["stage"].get<std::string>(), stage["seconds"].get<double>());
-  md +=
-      "\n![distillation loss per step](plots/distill_loss.svg)\n\n![perplexity and accuracy per "
-      "row](plots/quality.svg)\n";
+  md += "\n![distillation loss per step](plots/distill_loss.svg)\n\n![perplexity per row](plots/quality.svg)\n";
+  if (report["plots"].size() > 2) md += "\n![mean task accuracy per row](plots/accuracy.svg)\n";
   return md;
 }
 
 void write_report(const std::string& dir, const json& report) {
-  std::vector<std::tuple<std::string, std::string, double>> bars;
-  for (const json& row : report["rows"])
+  std::vector<std::tuple<std::string, std::string, double>> bars, accuracy;
+  for (const json& row : report["rows"]) {
+    const std::string label = row["kind"] == "fp"
+                                  ? std::string("FP")
+                                  : row["label"].get<std::string>() + " " + row["bits"].get<std::string>();
     if (row.contains("perplexity"))
-      bars.emplace_back(row["kind"] == "fp" ? std::string("FP")
-                                            : row["label"].get<std::string>() + " " + row["bits"].get<std::string>(),
-                        row["kind"], row["perplexity"]["perplexity"].get<double>());
+      bars.emplace_back(label, row["kind"], row["perplexity"]["perplexity"].get<double>());
+    if (std::isfinite(mean_accuracy(row))) accuracy.emplace_back(label, row["kind"], mean_accuracy(row));
+  }
+  if (!accuracy.empty())
+    write_file_atomically((fs::path(dir) / "plots" / "accuracy.svg").string(),
+                          bar_plot("mean task accuracy per row (higher is better)", "accuracy", accuracy));
   write_file_atomically((fs::path(dir) / "plots" / "distill_loss.svg").string(), loss_plot(report["qat_losses"]));
   write_file_atomically((fs::path(dir) / "plots" / "quality.svg").string(),
                         bar_plot("perplexity per row (lower is better)", "perplexity", bars));

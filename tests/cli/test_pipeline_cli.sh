@@ -91,7 +91,7 @@ kill_in() {  # kill_in STAGE PATTERN: starts the campaign, kills it when PATTERN
   wait $launcher 2>/dev/null
   [ -f "$dir/report.json" ] && return 1  # it finished before the kill: nothing was tested
   pipeline "$dir"
-  [ $code -eq 0 ] && grep -q -- "pipeline: $1[/0-9-]* -> resume" "$work/err" && [ "$(figures "$dir")" = "$base" ]
+  [ $code -eq 0 ] && grep -q -- "pipeline: $1[^ ]* -> resume" "$work/err" && [ "$(figures "$dir")" = "$base" ]
 }
 kill_in generate "generate: [1-9]"
 check "kill -9 inside generate, rerun: generate resumes, same report" $? || show
