@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# qforge under a real Slurm (issue 15, point 4): launch/slurm/local-cluster.sh brings up munged, slurmctld and
-# slurmd on this machine; launch/slurm/qforge.sbatch runs a 2-task job to completion under srun; a job stopped by
-# SIGTERM (what Slurm sends before the time limit) saves a checkpoint and exits 0, and the resubmitted job finishes
-# with the uninterrupted job's student, byte for byte; under mpirun the stopped job requeues itself and its rerun
-# resumes, again to the same student. The cluster is always taken down, and only its processes are stopped.
+# qforge under a real Slurm (issue 15, points 4 and 5): launch/slurm/local-cluster.sh brings up munged, slurmctld
+# and slurmd on this machine; launch/slurm/qforge.sbatch runs a small `qforge pipeline` (generate -> qat -> ptq ->
+# eval) on 2 tasks to completion under srun; a job stopped by SIGTERM (what Slurm sends before the time limit) inside
+# QAT saves a checkpoint and exits 0, and the resubmitted job finishes with the uninterrupted job's report and QAT
+# student; under mpirun the stopped job requeues itself and its rerun finishes with them too; launch/slurm/
+# pipeline.sbatch (the multi-node template, on 1 node and no GPUs here) stopped after QAT requeues itself and ends
+# the same. The cluster is always taken down, and only its processes are stopped.
 # Exit 77 (a CTest skip) only where Slurm cannot be installed or run (not root).
 # usage: test_slurm_cli.sh QFORGE MPIEXEC
 set -u
@@ -13,15 +15,45 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/cli_support.sh"
 cluster_script="$here/../../launch/slurm/local-cluster.sh"
 sbatch_script="$here/../../launch/slurm/qforge.sbatch"
+pipeline_script="$here/../../launch/slurm/pipeline.sbatch"
 
-# The job every sbatch below runs, in one place: qforge's arguments, relative to the job's directory (each job runs
-# in its own, --chdir). 64 steps of QAT on a random 2-layer model, a checkpoint every 8 steps (the test stops jobs
-# once one exists, so that the stop lands mid-run). RESULT is what an interrupted and an uninterrupted job must
-# share byte for byte. Once `qforge pipeline` exists this becomes: pipeline --config "$work/pipeline.yaml".
-JOB_ARGS=(qat --model "$work/model" --corpus "$work/corpus.h5" --output qat --quant 4-8-4 --lr 1e-3
-  --set train.global_batch=8 --set train.epochs=4 --set train.save_every=8 --set runtime.threads=1)
-RESULT=qat/student/model.safetensors
-FIRST_CHECKPOINT=qat/checkpoints/step-00000008
+# The job every sbatch below runs, in one place: qforge's arguments (each job runs in its own directory, --chdir,
+# and the campaign's output.dir, `run`, is relative to it). The campaign: a 128-sample corpus from a random
+# 2-layer teacher, 64 steps of QAT with a checkpoint every 8 (the test stops jobs once one exists, so that the stop
+# lands inside QAT), GPTQ, and perplexity of the four rows. A job that was stopped and resumed must end with the
+# uninterrupted job's REPORT (see figures) and its QAT student (RESULT) byte for byte.
+JOB_ARGS=(pipeline --config "$work/pipeline.yaml")
+REPORT=run/report.json
+RESULT=run/qat/4-8-4/student/model.safetensors
+FIRST_CHECKPOINT=run/qat/4-8-4/checkpoints/step-00000008
+campaign() {
+  cat <<EOF
+model: {path: $work/model}
+output: {dir: run}
+runtime: {threads: 1}
+generate: {num_samples: 128, seq_len: 32, batch_size: 16, flush_every: 16}
+train: {global_batch: 8, micro_batch: 4, epochs: 4, lr: 1.0e-3, save_every: 8}
+ptq: {nsamples: 16, seq_len: 16, group_size: 32}
+eval: {text: $work/text.txt, seq_len: 64}
+pipeline: {bits: 4-8-4}
+EOF
+}
+# figures NAME: job NAME's report without the stage times and with its own run directory as RUN (what must not
+# depend on interruptions).
+figures() { /usr/bin/python3 - "$work/$1/run" <<'EOF'
+import json, sys
+report = json.load(open(sys.argv[1] + "/report.json"))
+del report["stage_seconds"]
+print(json.dumps(report, sort_keys=True).replace(sys.argv[1], "RUN"))
+EOF
+}
+# perplexities NAME: the rows of job NAME's report, to print.
+perplexities() { /usr/bin/python3 - "$work/$1/$REPORT" <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+print("  ".join(f"{r['kind']} {r['bits']}: ppl {r['perplexity']['perplexity']:.2f}" for r in rows))
+EOF
+}
 
 skip() { echo "skip: $1"; echo "0 passed, 0 failed"; exit 77; }
 [ "$(id -u)" -eq 0 ] || skip "munged and slurmd run as root here; not root"
@@ -51,9 +83,8 @@ echo "$status" | sed -n 1,5p
 export SLURM_CONF=$cluster/slurm.conf
 
 "$QFORGE" init-model --out "$work/model" --hidden 64 --layers 2 --heads 4 --kv-heads 4 --seed 1 2>/dev/null \
-  && "$QFORGE" generate --model "$work/model" --output "$work/corpus.h5" --num-samples 128 --seq-len 64 \
-    --batch-size 16 --set runtime.threads=1 2>/dev/null
-check "a random model and a 128-sample corpus to train on" $? || exit 1
+  && head -c 6000 "$here/../../README.md" >"$work/text.txt" && campaign >"$work/pipeline.yaml"
+check "a random teacher, a text to evaluate on and the campaign's config" $? || exit 1
 
 submit() {  # submit NAME [qforge arguments...]: sbatch on 2 tasks in $work/NAME; sets $job (the job id)
   local name=$1; shift
@@ -79,53 +110,83 @@ showjob() { echo "--- $1/job.out"; output "$1" | grep -v '^\[.*\] I \(train\|sav
 
 # 1. Uninterrupted, under srun --mpi=pmix (the default), every rank logging to its own file as well.
 QFORGE_LOG_DIR="$work/whole/logs" submit whole "${JOB_ARGS[@]}"
-finish "$job" 120
+finish "$job" 150
 reference="$work/whole/$RESULT"
-[ "$state" = COMPLETED ] && [ "$exit" = 0:0 ] && [ -f "$reference" ] \
-  && output whole | grep -q "2 tasks on 1 node(s) by srun --mpi=pmix" && output whole | grep -q '\[.* r0/2\] I qat:' \
+[ "$state" = COMPLETED ] && [ "$exit" = 0:0 ] && [ -f "$reference" ] && [ -f "$work/whole/$REPORT" ] \
+  && output whole | grep -q "2 tasks on 1 node(s) by srun --mpi=pmix" \
+  && output whole | grep -q '\[.* r0/2\] I pipeline: eval/ptq-4-8-4 -> run' \
   && [ -s "$work/whole/logs/qforge-$job-rank-0.log" ] && [ -s "$work/whole/logs/qforge-$job-rank-1.log" ]
-check "sbatch -n 2 qforge.sbatch qat (srun): COMPLETED, exit 0:0, 2 ranks, the student, a log file per rank" $? \
+check "sbatch -n 2 qforge.sbatch pipeline (srun): COMPLETED, exit 0:0, 2 ranks, report, student, a log per rank" $? \
   || showjob whole
 grep -h "qat: 64 steps" "$work/whole/job.out"
+perplexities whole
+base=$(figures whole)
 
-# 2. SIGTERM to the batch script mid-run (scancel --signal=TERM --batch: what --signal=B:TERM@300 does before the
-# time limit): forwarded to the ranks, a checkpoint, exit 0 and no student; the resubmitted job with --resume ends
-# with the uninterrupted student.
+# 2. SIGTERM to the batch script inside QAT (scancel --signal=TERM --batch: what --signal=B:TERM@300 does before
+# the time limit): forwarded to the ranks, a checkpoint, "stopped in qat/4-8-4", exit 0, no report; the resubmitted
+# job (the same command: the pipeline resumes by itself) ends with the uninterrupted report and student.
 submit stopped "${JOB_ARGS[@]}"
 stop_when_saved "$job" stopped
-finish "$job" 120
-latest=$(cat "$work/stopped/qat/checkpoints/latest" 2>/dev/null)
-output stopped | grep -o "stop signal received.*"
+finish "$job" 150
+latest=$(cat "$work/stopped/run/qat/4-8-4/checkpoints/latest" 2>/dev/null)
+output stopped | grep -o "stop signal received.*\|pipeline: stopped in.*"
 [ "$state" = COMPLETED ] && [ "$exit" = 0:0 ] && output stopped | grep -q "SIGTERM received: sending SIGUSR1" \
   && output stopped | grep -q "stop signal received: saving a checkpoint" \
-  && output stopped | grep -q "rerun with --resume" && [ -n "$latest" ] && [ "$latest" != step-00000064 ] \
-  && [ ! -e "$work/stopped/$RESULT" ]
-check "SIGTERM to the srun job at step ${latest#step-}: checkpoint saved, COMPLETED, exit 0:0, no student yet" $? \
+  && output stopped | grep -q "pipeline: stopped in qat/4-8-4; its progress is saved" \
+  && [ -n "$latest" ] && [ "$latest" != step-00000064 ] && [ ! -e "$work/stopped/$RESULT" ] \
+  && [ ! -e "$work/stopped/$REPORT" ] && ! output stopped | grep -q requeueing
+check "SIGTERM to the srun job at QAT step ${latest#step-}: checkpoint saved, COMPLETED, exit 0:0, no report yet" $? \
   || showjob stopped
-submit stopped "${JOB_ARGS[@]}" --resume
-finish "$job" 120
-output stopped | grep -o "resumed from .*"
-[ "$state" = COMPLETED ] && [ "$exit" = 0:0 ] && output stopped | grep -q "resumed from .*(step [1-9][0-9]* of 64)" \
-  && cmp "$reference" "$work/stopped/$RESULT"
-check "the resubmitted job (--resume): COMPLETED, the uninterrupted student byte for byte" $? || showjob stopped
+submit stopped "${JOB_ARGS[@]}"
+finish "$job" 150
+output stopped | grep -o "pipeline: qat/4-8-4 -> resume.*\|resumed from .*"
+[ "$state" = COMPLETED ] && [ "$exit" = 0:0 ] && output stopped | grep -q "pipeline: generate -> skip" \
+  && output stopped | grep -q "pipeline: qat/4-8-4 -> resume" \
+  && output stopped | grep -q "resumed from .*(step [1-9][0-9]* of 64)" \
+  && [ -f "$work/stopped/$REPORT" ] && [ "$(figures stopped)" = "$base" ] && cmp "$reference" "$work/stopped/$RESULT"
+check "the resubmitted job: COMPLETED, QAT resumed, the uninterrupted report and student byte for byte" $? \
+  || showjob stopped
 
 # 3. Under mpirun inside the allocation, with QFORGE_REQUEUE=1: the script turns SIGTERM into SIGUSR1 for mpirun
-# (which, like srun, would kill its ranks on SIGTERM), qforge saves, the job requeues itself, and its rerun
-# (Restarts=1, --resume added by the script) ends with the same student.
+# (which, like srun, would kill its ranks on SIGTERM), QAT saves, the pipeline says it stopped, the job requeues
+# itself, and its rerun (Restarts=1, the same command: no --resume for a pipeline) ends with the same report.
 QFORGE_LAUNCHER=mpirun QFORGE_REQUEUE=1 submit requeued "${JOB_ARGS[@]}"
 stop_when_saved "$job" requeued
-finish "$job" 150
-output requeued | grep -o "stop signal received.*\|resumed from .*\|requeueing.*"
+finish "$job" 180
+output requeued | grep -o "pipeline: stopped in [^;]*\|requeueing.*\|resumed from .*"
 [ "$state" = COMPLETED ] && [ "$exit" = 0:0 ] && [ "$(field "$job" Restarts)" = 1 ] \
   && output requeued | grep -q "2 tasks on 1 node(s) by mpirun" \
   && output requeued | grep -q "SIGTERM received: sending SIGUSR1" \
-  && output requeued | grep -q "stop signal received: saving a checkpoint" \
-  && output requeued | grep -q "requeueing job $job" && output requeued | grep -q "(restart 1):.* qat .* --resume" \
-  && output requeued | grep -q "resumed from .*(step [1-9][0-9]* of 64)" && cmp "$reference" "$work/requeued/$RESULT"
-check "mpirun job stopped by SIGTERM, requeued, rerun with --resume: COMPLETED, the same student byte for byte" $? \
+  && output requeued | grep -q "pipeline: stopped in qat/4-8-4" \
+  && output requeued | grep -q "requeueing job $job (the pipeline stopped in QAT" \
+  && output requeued | grep -q "(restart 1):.* pipeline --config [^ ]*pipeline.yaml$" \
+  && output requeued | grep -q "resumed from .*(step [1-9][0-9]* of 64)" \
+  && [ "$(figures requeued)" = "$base" ] && cmp "$reference" "$work/requeued/$RESULT"
+check "mpirun job stopped in QAT, requeued, rerun as is: COMPLETED, the same report and student byte for byte" $? \
   || showjob requeued
 
-# 4. Bad input: one error line and a non-zero exit, from the batch script and from local-cluster.sh.
+# 4. pipeline.sbatch (the multi-node GPU template) on this node: 1 node x 2 tasks, no GPUs, 1 CPU each. Stopped
+# after QAT (SIGUSR1 ends the ranks in PTQ or evaluation: exit 138), it requeues itself (QFORGE_REQUEUE=1 is its
+# default) and the rerun ends with the same report.
+mkdir -p "$work/template"
+job=$(cd "$work/template" && sbatch --parsable --nodes=1 --ntasks-per-node=2 --gpus-per-node=0 --cpus-per-task=1 \
+  --time=60 "$pipeline_script" "$work/pipeline.yaml")  # over 10 minutes: its SIGTERM comes 600 s before the limit
+template() { cat "$work/template/qforge-pipeline-$job.out" 2>/dev/null; }
+for _ in $(seq 1 2400); do template | grep -q "pipeline: ptq/4-8-4 -> run" && break; sleep 0.05; done
+scancel --signal=TERM --batch "$job"
+finish "$job" 180
+stopped_in=$(template | sed -n '/SIGTERM received/q;s/.* I pipeline: \([^ ]*\) -> run.*/\1/p' | tail -n 1)
+template | grep -o "ranks ended with exit code 138\|requeueing.*"
+[ "$state" = COMPLETED ] && [ "$exit" = 0:0 ] && [ "$(field "$job" Restarts)" = 1 ] \
+  && template | grep -q "ranks ended with exit code 138" \
+  && template | grep -q "requeueing job $job (SIGUSR1 ended the ranks)" \
+  && template | grep -q "pipeline: qat/4-8-4 -> skip" \
+  && [ -s "$work/template/logs/$job/qforge-$job-rank-1.log" ] \
+  && [ "$(figures template)" = "$base" ] && cmp "$reference" "$work/template/$RESULT"
+check "pipeline.sbatch -N 1 --ntasks-per-node=2 --gpus-per-node=0, stopped in $stopped_in: requeued, the same report" \
+  $? || { echo "--- template"; template | tail -n 30; }
+
+# 5. Bad input: one error line and a non-zero exit, from the batch script and from local-cluster.sh.
 QFORGE_LAUNCHER=mpiexec submit bad env
 finish "$job" 60
 [ "$state" = FAILED ] && [ "$exit" = 2:0 ] \
@@ -135,7 +196,7 @@ run "$work/out" "$work/err" -- bash "$cluster_script" down "$work"
 [ $code -ne 0 ] && grep -q "is not a state directory of local-cluster.sh up" "$work/err"
 check "local-cluster.sh down on a directory it did not make: refused, nothing stopped" $? || show
 
-# 5. Teardown stops every process the cluster started and removes its state.
+# 6. Teardown stops every process the cluster started and removes its state.
 daemons=$(awk '{print $2}' "$cluster/pids")
 run "$work/out" "$work/err" -- bash "$cluster_script" down "$cluster"
 left=""
