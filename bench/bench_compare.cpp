@@ -22,15 +22,15 @@
 #include "quant/qat.h"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <sys/resource.h>
+#include <nlohmann/json.hpp>
 
+#include <unistd.h>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
-#include <unistd.h>
 
 namespace {
 namespace fs = std::filesystem;
@@ -92,8 +92,12 @@ void run_ppl(dist::Runtime& runtime, int argc, char** argv) {
     result = eval::perplexity(*model, tokens, seq_len, batch, runtime.world());
     seconds.push_back(world_max(runtime, now_s() - start));
   }
-  finish(runtime, {{"task", "ppl"}, {"nll", result.mean_nll}, {"tokens", result.tokens}, {"windows", result.windows},
-                   {"batch_size", batch}, {"seconds", seconds}});
+  finish(runtime, {{"task", "ppl"},
+                   {"nll", result.mean_nll},
+                   {"tokens", result.tokens},
+                   {"windows", result.windows},
+                   {"batch_size", batch},
+                   {"seconds", seconds}});
 }
 
 // LLM-QAT's generation (random start token, 3 greedy tokens, then top-K 50 sampling, no stop at EOS), all
@@ -130,24 +134,50 @@ void run_generate(dist::Runtime& runtime, int argc, char** argv) {
   torch::Tensor total = torch::tensor({generated}, torch::kLong);
   runtime.world().all_reduce(total, dist::ReduceOp::kSum);
   // Data parallel: the groups decode independently, nothing crosses ranks.
-  finish(runtime, {{"task", "generate"}, {"tokens", total.item<int64_t>()}, {"samples", samples},
-                   {"length", length}, {"seconds", seconds}, {"comm_bytes", sent},
+  finish(runtime, {{"task", "generate"},
+                   {"tokens", total.item<int64_t>()},
+                   {"samples", samples},
+                   {"length", length},
+                   {"seconds", seconds},
+                   {"comm_bytes", sent},
                    {"comm_bytes_formula", 0.0}});
 }
 
-// Bytes a rank sends in one data-parallel training step (ring counting, Communicator::Traffic), from the
-// layout alone: the reduce-scatter of every fp32 bucket and the all-gather of the updated masters,
-// (dp - 1) / dp of the bucket bytes each, and three scalar all-reduces, 2 (dp - 1) / dp of their bytes: the
-// stop flag (int32), the gradient norm and the loss (fp64).
-double step_formula(const std::vector<int64_t>& bucket_sizes, int dp) {
-  const double share = static_cast<double>(dp - 1) / dp;
+// Bytes a rank sends in one training step (ring counting, Communicator::Traffic), from the model and layout alone.
+// Data parallelism (dp ranks): the reduce-scatter of every fp32 bucket and the all-gather of the updated masters,
+// (dp - 1) / dp of the bucket bytes each, and two scalar all-reduces of 2 (dp - 1) / dp of their bytes: the stop
+// flag (int32) and the loss (fp64), plus the gradient norm's (fp64) over the whole grid.
+// Tensor parallelism (tp ranks), all-reduces of 2 (tp - 1) / tp of their bytes, per micro-step of N tokens
+// (N' = N - B positions scored), hidden H, L layers, fp32 activations (4 bytes):
+//   - activations [N, H]: the embedding and the two row-parallel outputs per layer (attention out, MLP down) in
+//     each forward (the student's and the teacher's), and in the student's backward the input gradient of the
+//     column-parallel linears, once per input they share (q, k, v; gate, up or OPT's fc1) and of the
+//     vocabulary-parallel head: Megatron's minimum;
+//   - the fake quantizers' statistics over the TP shards: per-token maxima [N] of the row-parallel inputs
+//     (A < 16 bits) and of the per-token KV cache (KV < 16), 2 per layer each; per-channel weight maxima [H] of
+//     the row-parallel weights (W < 16), 2 per layer; symmetric grids (one value; asymmetric: two);
+//   - the KD loss's row maxima [2, N'] and sums [3, N'];
+// and per step the stop flag and the gradient norm.
+double step_formula(const std::vector<int64_t>& bucket_sizes, int dp, int tp, const model::ModelConfig& m,
+                    const quant::BitWidths& bits, int64_t micro_batch, int64_t seq_len, int64_t micro_steps) {
+  const double dp_share = static_cast<double>(dp - 1) / dp, tp_share = 2.0 * (tp - 1) / tp;
   double buckets = 0;
   for (int64_t size : bucket_sizes) buckets += 4.0 * static_cast<double>(size);
-  return share * (2 * buckets) + 2 * share * (4 + 8 + 8);
+  const double data_parallel = dp_share * (2 * buckets) + 2 * dp_share * (4 + 8) + 2 * dp_share * 8;
+  if (tp == 1) return data_parallel;
+  const double tokens = static_cast<double>(micro_batch * seq_len), positions = micro_batch * (seq_len - 1.0);
+  const double layers = static_cast<double>(m.num_layers), hidden = static_cast<double>(m.hidden_size);
+  const double forwards = 1 + 2 * layers, backward = 2 * layers + 1;
+  double micro = 4 * tokens * hidden * (2 * forwards + backward);
+  if (bits.act < 16) micro += 2 * layers * 4 * tokens;
+  if (bits.kv < 16) micro += 2 * layers * 4 * tokens;
+  if (bits.weight < 16) micro += 2 * layers * 4 * hidden;
+  micro += 4 * (2 + 3) * positions;
+  return data_parallel + tp_share * (static_cast<double>(micro_steps) * micro + 4 + 8);
 }
 
 void run_qat_step(dist::Runtime& runtime, int argc, char** argv) {
-  dist::Grid grid(runtime, 1);
+  dist::Grid grid(runtime, static_cast<int>(option(argc, argv, "--tp", 1)));
   const std::string model_dir = text_option(argc, argv, "--model");
   auto teacher = model::load_pretrained(model_dir, grid.tp_group());
   auto student = model::load_pretrained(model_dir, grid.tp_group());
@@ -198,11 +228,19 @@ void run_qat_step(dist::Runtime& runtime, int argc, char** argv) {
   const double faults = static_cast<double>(faults_at_end - faults_at_1) / static_cast<double>(steps);
   std::vector<double> seconds;
   for (int64_t i = 1; i <= steps; ++i) seconds.push_back(world_max(runtime, starts[i + 1] - starts[i]));
-  const double formula = step_formula(trainer.bucket_sizes(), grid.dp());
+  const double formula = step_formula(trainer.bucket_sizes(), grid.dp(), grid.tp(), student->config(),
+                                      quant::parse_bits(quant.bits), settings.micro_batch, seq_len, 1);
   if (runtime.rank() == 0) fs::remove_all(shared_dir);
-  finish(runtime, {{"task", "qat-step"}, {"quant", quant.bits}, {"batch", batch}, {"seq_len", seq_len},
-                   {"seconds", seconds}, {"minflt_per_step", faults}, {"comm_bytes", sent},
-                   {"comm_bytes_formula", formula}, {"dp", grid.dp()}});
+  finish(runtime, {{"task", "qat-step"},
+                   {"quant", quant.bits},
+                   {"batch", batch},
+                   {"seq_len", seq_len},
+                   {"seconds", seconds},
+                   {"minflt_per_step", faults},
+                   {"comm_bytes", sent},
+                   {"comm_bytes_formula", formula},
+                   {"dp", grid.dp()},
+                   {"tp", grid.tp()}});
 }
 
 void run_tokenize(int argc, char** argv) {
@@ -228,11 +266,16 @@ int main(int argc, char** argv) {
   const std::string task = argv[1];
   sys::configure_threads(static_cast<int>(option(argc, argv, "--threads", 0)), runtime.local_size());
   try {
-    if (task == "ppl") run_ppl(runtime, argc, argv);
-    else if (task == "generate") run_generate(runtime, argc, argv);
-    else if (task == "qat-step") run_qat_step(runtime, argc, argv);
-    else if (task == "tokenize") run_tokenize(argc, argv);
-    else throw UsageError(fmt::format("bench_compare: unknown task '{}'", task));
+    if (task == "ppl")
+      run_ppl(runtime, argc, argv);
+    else if (task == "generate")
+      run_generate(runtime, argc, argv);
+    else if (task == "qat-step")
+      run_qat_step(runtime, argc, argv);
+    else if (task == "tokenize")
+      run_tokenize(argc, argv);
+    else
+      throw UsageError(fmt::format("bench_compare: unknown task '{}'", task));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_compare: %s\n", e.what());
     return 1;

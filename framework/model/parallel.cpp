@@ -118,9 +118,10 @@ ColumnParallelLinearImpl::ColumnParallelLinearImpl(const std::string& name, int6
   }
 }
 
-torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& x) {
-  torch::Tensor input = input_site(copy_to_tp(x, tp_));
-  return torch::nn::functional::linear(input, weight_site(weight), bias);
+torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& x) { return forward_shared(copy_to_tp(x, tp_)); }
+
+torch::Tensor ColumnParallelLinearImpl::forward_shared(const torch::Tensor& x) {
+  return torch::nn::functional::linear(input_site(x), weight_site(weight), bias);
 }
 
 RowParallelLinearImpl::RowParallelLinearImpl(const std::string& name, int64_t in, int64_t out, bool with_bias,
@@ -190,7 +191,7 @@ torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits, const to
 torch::Tensor vocab_parallel_argmax(const torch::Tensor& logits, dist::Communicator& tp, int64_t vocab_start) {
   auto [value, index] = logits.to(torch::kFloat).max(-1);
   if (tp.size() == 1) return index;
-  torch::Tensor values = tp.all_gather(value.unsqueeze(0), 0);             // [tp, N]
+  torch::Tensor values = tp.all_gather(value.unsqueeze(0), 0);  // [tp, N]
   torch::Tensor indices = tp.all_gather((index + vocab_start).unsqueeze(0), 0);
   // Ranks hold increasing vocabulary ranges, so the first maximal rank holds the lowest maximal index.
   torch::Tensor best = std::get<0>(values.max(0, /*keepdim=*/true));

@@ -30,8 +30,8 @@ struct ShardSpec {
 };
 
 struct WeightEntry {
-  std::string name;       // Hugging Face name, e.g. "model.layers.0.self_attn.q_proj.weight"
-  torch::Tensor param;    // this rank's shard
+  std::string name;     // Hugging Face name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  torch::Tensor param;  // this rank's shard
   std::vector<int64_t> full_shape;
   ShardSpec spec;
 };
@@ -57,7 +57,11 @@ class ColumnParallelLinearImpl : public torch::nn::Module {
   ColumnParallelLinearImpl(const std::string& name, int64_t in, int64_t out, bool bias, dist::Communicator& tp,
                            WeightTable& table);
   torch::Tensor forward(const torch::Tensor& x);
+  // `x` already through copy_to_tp, done once by a caller that feeds several column-parallel layers (q, k, v;
+  // gate, up): their input gradients are summed locally and all-reduced once, as Megatron's fused QKV does.
+  torch::Tensor forward_shared(const torch::Tensor& x);
   const std::string& name() const { return name_; }  // Hugging Face module name
+  dist::Communicator& tp() const { return tp_; }
   torch::Tensor weight, bias;
   Site input_site, weight_site;
 
@@ -103,8 +107,8 @@ TORCH_MODULE(VocabParallelEmbedding);
 class VocabParallelHeadImpl : public torch::nn::Module {
  public:
   // `tied`: use the embedding's weight shard instead of a weight of its own.
-  VocabParallelHeadImpl(const std::string& name, int64_t vocab, int64_t dim, dist::Communicator& tp,
-                        WeightTable& table, const VocabParallelEmbedding* tied);
+  VocabParallelHeadImpl(const std::string& name, int64_t vocab, int64_t dim, dist::Communicator& tp, WeightTable& table,
+                        const VocabParallelEmbedding* tied);
   torch::Tensor forward(const torch::Tensor& x);
   int64_t vocab_start() const { return start_; }
   torch::Tensor weight;

@@ -29,9 +29,9 @@ struct AttentionTables {
   uint32_t version = 0;     // its _version() when the tables were made: an in-place change remakes them
   int64_t head_dim = 0;
   double theta = 0;
-  bool by_position = false;          // keys sit at index == position in a KV cache
-  torch::Tensor cos, sin;            // [B, 1, T, head_dim]
-  torch::Tensor mask;                // fp32, 0 or -inf: [T, T] (triangle) or [B, 1, T, keys]
+  bool by_position = false;  // keys sit at index == position in a KV cache
+  torch::Tensor cos, sin;    // [B, 1, T, head_dim]
+  torch::Tensor mask;        // fp32, 0 or -inf: [T, T] (triangle) or [B, 1, T, keys]
   bool triangle = false;
   std::vector<int64_t> block_keys;  // keys each block of queries sees
   int64_t keys = 0;                 // keys in all (the cache's used length)
@@ -178,9 +178,12 @@ AttentionImpl::AttentionImpl(const std::string& name, const ModelConfig& config,
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* cache_keys,
                                      torch::Tensor* cache_values) {
   const int64_t batch = x.size(0), length = x.size(1), head_dim = config_.head_dim();
-  torch::Tensor q = q_site(q_proj(x).view({batch, length, local_heads_, head_dim}).transpose(1, 2));
-  torch::Tensor k = k_site(k_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2));
-  torch::Tensor v = v_site(v_proj(x).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2));
+  const torch::Tensor input = copy_to_tp(x, q_proj->tp());  // one backward all-reduce for q, k and v
+  torch::Tensor q = q_site(q_proj->forward_shared(input).view({batch, length, local_heads_, head_dim}).transpose(1, 2));
+  torch::Tensor k =
+      k_site(k_proj->forward_shared(input).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2));
+  torch::Tensor v =
+      v_site(v_proj->forward_shared(input).view({batch, length, local_kv_heads_, head_dim}).transpose(1, 2));
   const bool rope = config_.family == Family::kLlama, cached = cache_keys != nullptr;
   if (!tables) tables = std::make_shared<AttentionTables>();
   if (!tables->matches(positions, head_dim, config_.rope_theta, cached))
@@ -189,8 +192,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   if (rope && rope_index.defined()) {  // each kv head's channels in their permuted order; q heads follow their kv head
     const int64_t group = local_heads_ / local_kv_heads_;
     torch::Tensor kv_index = rope_index.view({1, local_kv_heads_, 1, head_dim}).expand({batch, -1, length, -1});
-    torch::Tensor q_index = rope_index.repeat_interleave(group, 0).view({1, local_heads_, 1, head_dim})
-                                .expand({batch, -1, length, -1});
+    torch::Tensor q_index =
+        rope_index.repeat_interleave(group, 0).view({1, local_heads_, 1, head_dim}).expand({batch, -1, length, -1});
     q = q * t.cos.expand_as(q).gather(-1, q_index) + rotate_half(q) * t.sin.expand_as(q).gather(-1, q_index);
     k = k * t.cos.expand_as(k).gather(-1, kv_index) + rotate_half(k) * t.sin.expand_as(k).gather(-1, kv_index);
   } else if (rope) {
@@ -242,7 +245,10 @@ MlpImpl::MlpImpl(const std::string& prefix, const ModelConfig& config, dist::Com
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  if (gated_) return down(torch::silu(gate(x)) * up(x));
+  if (gated_) {
+    const torch::Tensor input = copy_to_tp(x, up->tp());  // one backward all-reduce for gate and up
+    return down(torch::silu(gate->forward_shared(input)) * up->forward_shared(input));
+  }
   return down(torch::relu(up(x)));
 }
 
@@ -252,16 +258,16 @@ DecoderBlockImpl::DecoderBlockImpl(const std::string& prefix, const ModelConfig&
                                    WeightTable& table)
     : norm_before_(config.norm_before) {
   const bool llama = config.family == Family::kLlama;
-  attention_norm = register_module(
-      "attention_norm", Norm(prefix + (llama ? "input_layernorm" : "self_attn_layer_norm"), config, config.hidden_size, table));
+  attention_norm = register_module("attention_norm", Norm(prefix + (llama ? "input_layernorm" : "self_attn_layer_norm"),
+                                                          config, config.hidden_size, table));
   attention = register_module("attention", Attention(prefix + "self_attn", config, tp, table));
-  mlp_norm = register_module(
-      "mlp_norm", Norm(prefix + (llama ? "post_attention_layernorm" : "final_layer_norm"), config, config.hidden_size, table));
+  mlp_norm = register_module("mlp_norm", Norm(prefix + (llama ? "post_attention_layernorm" : "final_layer_norm"),
+                                              config, config.hidden_size, table));
   mlp = register_module("mlp", Mlp(prefix, config, tp, table));
 }
 
-torch::Tensor DecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* cache_keys,
-                                        torch::Tensor* cache_values) {
+torch::Tensor DecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions,
+                                        torch::Tensor* cache_keys, torch::Tensor* cache_values) {
   if (norm_before_) {
     torch::Tensor h = x + attention(attention_norm(x), positions, cache_keys, cache_values);
     return h + mlp(mlp_norm(h));
@@ -277,14 +283,18 @@ CausalLM::CausalLM(ModelConfig config, dist::Communicator& tp) : config_(std::mo
   c.check_tensor_parallel(tp.size());
   const bool llama = c.family == Family::kLlama;
   const std::string base = llama ? "model." : "model.decoder.";
-  embed_tokens = register_module("embed_tokens", VocabParallelEmbedding(base + "embed_tokens", c.vocab_size, c.embed_dim(), tp, table_));
+  embed_tokens = register_module(
+      "embed_tokens", VocabParallelEmbedding(base + "embed_tokens", c.vocab_size, c.embed_dim(), tp, table_));
   if (!llama) {
     embed_positions = register_module("embed_positions", torch::nn::Embedding(c.max_positions + 2, c.hidden_size));
-    table_.add(base + "embed_positions.weight", embed_positions->weight, {c.max_positions + 2, c.hidden_size}, ShardSpec{});
+    table_.add(base + "embed_positions.weight", embed_positions->weight, {c.max_positions + 2, c.hidden_size},
+               ShardSpec{});
   }
   if (c.has_projections()) {
-    project_in = register_module("project_in", torch::nn::Linear(torch::nn::LinearOptions(c.embed_dim(), c.hidden_size).bias(false)));
-    project_out = register_module("project_out", torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, c.embed_dim()).bias(false)));
+    project_in = register_module("project_in",
+                                 torch::nn::Linear(torch::nn::LinearOptions(c.embed_dim(), c.hidden_size).bias(false)));
+    project_out = register_module(
+        "project_out", torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, c.embed_dim()).bias(false)));
     table_.add(base + "project_in.weight", project_in->weight, {c.hidden_size, c.embed_dim()}, ShardSpec{});
     table_.add(base + "project_out.weight", project_out->weight, {c.embed_dim(), c.hidden_size}, ShardSpec{});
   }
@@ -294,7 +304,8 @@ CausalLM::CausalLM(ModelConfig config, dist::Communicator& tp) : config_(std::mo
     layers.back()->attention->tables = tables;
   }
   if (llama || c.norm_before)
-    final_norm = register_module("final_norm", Norm(llama ? "model.norm" : "model.decoder.final_layer_norm", c, c.hidden_size, table_));
+    final_norm = register_module(
+        "final_norm", Norm(llama ? "model.norm" : "model.decoder.final_layer_norm", c, c.hidden_size, table_));
   head = register_module("head", VocabParallelHead("lm_head", c.vocab_size, c.embed_dim(), tp, table_,
                                                    c.tie_word_embeddings ? &embed_tokens : nullptr));
 }
@@ -324,7 +335,8 @@ torch::Tensor CausalLM::forward(const torch::Tensor& input_ids, torch::Tensor po
   const int64_t batch = ids.size(0), length = ids.size(1);
   positions = positions.defined() ? positions.to(device) : default_positions(batch, length);
   if (cache && positions.max().item<int64_t>() >= cache->capacity)
-    throw Error(fmt::format("position {} is past the KV cache's capacity {}", positions.max().item<int64_t>(), cache->capacity));
+    throw Error(fmt::format("position {} is past the KV cache's capacity {}", positions.max().item<int64_t>(),
+                            cache->capacity));
   torch::Tensor h = embed(ids, positions);
   const bool recompute = recompute_blocks && !cache && torch::GradMode::is_enabled();
   for (std::size_t i = 0; i < layers.size(); ++i) {
