@@ -17,6 +17,7 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev        # tests/fuzz: libFuzzer, AddressSanitizer, UndefinedBehaviorSanitizer
   python3-torch python3-h5py python3-numpy python3-sentencepiece  # independent references in tests (/usr/bin/python3)
   slurmctld slurmd slurm-client munge  # a single-node Slurm (launch/slurm/local-cluster.sh) for the cli_slurm test
+  zlib1g-dev jargon-text            # qforge pretrain: gzip texts; the Jargon File (public domain), the default's text
 )
 
 missing=()

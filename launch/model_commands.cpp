@@ -107,7 +107,7 @@ int run_init_model(CommandContext& context) {
   const int64_t outliers = integer_option(context, "outliers", 0);
   if (outliers < 0 || outliers > c.hidden_size)
     throw UsageError(fmt::format("qforge init-model: --outliers must be in 0..{} (the hidden size)", c.hidden_size));
-  c.intermediate_size = integer_option(context, "intermediate", (c.hidden_size * 8 / 3 + 15) / 16 * 16);
+  c.intermediate_size = integer_option(context, "intermediate", llama_mlp_width(c.hidden_size));
   const torch::ScalarType dtype = model::parse_dtype(context.line.options.count("dtype")
                                                          ? context.line.options.at("dtype") : "float32");
   c.max_positions = 512;
@@ -321,6 +321,11 @@ std::vector<Command> model_commands() {
          {"outliers", true, "channels per norm scaled 10-50x, as real models' outlier channels (0)"},
          {"std", true, "standard deviation of the random weights (0.3)"}}},
        run_init_model},
+      {{"pretrain", "train a small LLaMA from scratch on a text (next-token loss): pretrain --text FILE --output DIR",
+        {{"text", true, "text file, plain or gzip (its end held out: pretrain.holdout)", "pretrain.text"},
+         {"output", true, "the checkpoint directory to write (with pretrain.json)", "output.dir"},
+         {"max-steps", true, "optimizer steps", "pretrain.train.max_steps"}}},
+       run_pretrain},
       {{"eval", "evaluate: eval ppl --model DIR --text FILE [--seq-len N] [--quant W-A-KV], or "
                 "eval tasks --model DIR --tasks piqa,arc_easy,... --data-dir DIR [--shots K] [--limit N]",
         {model_option, tokenizer_option, {"text", true, "text file (ppl)", "eval.text"},

@@ -68,4 +68,8 @@ int run_generate(CommandContext& context);     // generate_command.cpp
 int run_show_corpus(CommandContext& context);  // generate_command.cpp
 int run_qat(CommandContext& context);          // qat_command.cpp
 int run_ptq(CommandContext& context);          // ptq_command.cpp
+int run_pretrain(CommandContext& context);     // pretrain_command.cpp
+
+// LLaMA's MLP width for a hidden size: hidden * 8 / 3 rounded up to 16 (init-model's and pretrain's default).
+int64_t llama_mlp_width(int64_t hidden);
 }  // namespace qforge

@@ -7,6 +7,7 @@
 #include "framework/config/settings.h"
 #include "framework/train/trainer.h"
 #include "launch/pipeline_settings.h"
+#include "launch/pretrain_settings.h"
 #include "quant/ptq.h"
 #include "quant/qat.h"
 #include "rptq/settings.h"
@@ -28,6 +29,7 @@ struct QforgeConfig {
   quant::PtqSettings ptq;
   rptq::RptqSettings rptq;
   PipelineSettings pipeline;
+  PretrainSettings pretrain;
 
   template <class V>
   void visit(V& v) {
@@ -45,6 +47,7 @@ struct QforgeConfig {
     v("ptq", ptq);
     v("rptq", rptq);
     v("pipeline", pipeline);
+    v("pretrain", pretrain);
   }
 };
 
