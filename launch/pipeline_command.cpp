@@ -403,6 +403,12 @@ void check_settings(const QforgeConfig& c) {
         "perplexity) and/or eval.data_dir or eval.paths (tasks)");
   if (c.ptq.method == "rptq" && p.runs("ptq") && c.ptq.calib.empty())
     throw UsageError("ptq.method rptq calibrates on a text: set ptq.calib");
+  const int64_t rtn_group = c.quant.weight_granularity == "group" ? c.quant.group_size : -1;
+  if (p.runs("ptq") && p.runs("eval") && c.ptq.method != "rptq" && rtn_group != c.ptq.group_size)
+    log::warn("pipeline: the RTN rows quantize weights with {} (quant.*), PTQ with {} (ptq.group_size): set them "
+              "alike for a like-for-like RTN -> PTQ comparison",
+              rtn_group > 0 ? fmt::format("groups of {}", rtn_group) : "one scale per row",
+              c.ptq.group_size > 0 ? fmt::format("groups of {}", c.ptq.group_size) : "one scale per row");
 }
 
 std::string memory_text(const QforgeConfig& c, const Unit& unit, int ranks) {

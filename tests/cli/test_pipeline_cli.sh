@@ -79,6 +79,24 @@ pipeline "$work/changed" --set train.lr=2e-3
   && [ "$(figures "$work/changed")" != "$base" ]
 check "train.lr changed: 2 units redone, 5 skipped, a different report" $? || show
 
+# 4b. Stages switched off: generate and qat only (2 units), a report without evaluation rows but with the losses;
+#     then qat and eval only on the first run's corpus (distill.corpus): no corpus generated, the RTN and QAT rows.
+pipeline "$work/part" --set pipeline.stages=generate,qat
+[ $code -eq 0 ] && [ "$(grep -c -- '-> run' "$work/err")" -eq 2 ] && [ ! -e "$work/part/ptq" ] && /usr/bin/python3 - \
+  "$work/part" <<'EOF'
+import json, sys
+report = json.load(open(sys.argv[1] + "/report.json"))
+assert report["rows"] == [] and len(report["qat_losses"]["4-8-4"]) == 24, report
+EOF
+check "pipeline.stages=generate,qat: 2 units, a report with the 24 losses and no rows" $? || show
+pipeline "$work/part2" --set pipeline.stages=qat,eval --set distill.corpus="$work/base/corpus.h5"
+[ $code -eq 0 ] && [ ! -e "$work/part2/corpus.h5" ] && /usr/bin/python3 - "$work/part2" <<'EOF'
+import json, sys
+report = json.load(open(sys.argv[1] + "/report.json"))
+assert [r["kind"] for r in report["rows"]] == ["fp", "rtn", "qat"], report["rows"]
+EOF
+check "pipeline.stages=qat,eval on distill.corpus: no corpus written, rows fp, rtn, qat" $? || show
+
 # 5. kill -9 of every process inside each stage, then a rerun: the unit resumes and the report is the uninterrupted
 #    run's. QAT is killed after a checkpoint, so the rerun continues from it.
 kill_in() {  # kill_in STAGE PATTERN: starts the campaign, kills it when PATTERN appears in its log, reruns it
