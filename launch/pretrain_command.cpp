@@ -72,13 +72,13 @@ json pretrain_fingerprint(const PretrainSettings& p, const std::string& text) {
   return fingerprint;
 }
 
-// The first key (sorted) whose value differs, as "key: A here, B there"; "" when equal.
+// The first key (sorted) whose value differs, as "key: A in this run, B recorded"; "" when equal.
 std::string first_difference(const json& mine, const json& theirs) {
   json keys = mine;
   keys.update(theirs);
   for (const auto& [key, unused] : keys.items()) {
     const json a = mine.value(key, json()), b = theirs.value(key, json());
-    if (a != b) return fmt::format("{}: {} in this run, {} in the finished one", key, a.dump(), b.dump());
+    if (a != b) return fmt::format("{}: {} in this run, {} recorded", key, a.dump(), b.dump());
   }
   return "";
 }

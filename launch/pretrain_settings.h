@@ -28,8 +28,8 @@ struct PretrainSettings {
     t.global_batch = 16;
     t.micro_batch = 8;
     t.max_steps = 500;
-    t.lr = 3e-3;
-    t.min_lr = 3e-4;
+    t.lr = 7e-4;
+    t.min_lr = 7e-5;
     t.warmup_steps = 20;
     t.weight_decay = 0.1;
     t.beta2 = 0.99;
