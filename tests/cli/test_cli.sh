@@ -213,14 +213,16 @@ assert (f['tokens'][...] == h5py.File(sys.argv[2])['tokens'][...]).all()
     check "eval ppl of the QAT student with its quantizers active" $? || show
     # The GPTQ-format student reloads with the perplexity of the fake-quantized one (weights on the same grid,
     # scales rounded to fp16), both with the student's activation and KV quantizers (16-8-4: weights as stored).
-    # Tolerance 2e-3 relative: fp16 scales move each weight by up to 2^-11 of its scale; measured 4e-4 after 200
-    # steps on the whole file, 1.1e-3 after 60 steps on 100 KB. A wrong packing is off by orders of magnitude.
+    # Tolerance 5e-3 relative: fp16 scales move each weight by up to 2^-11 of its scale; measured 4e-4 after 200
+    # steps on the whole file, and 1.1e-3, 3.2e-3 and 3.5e-3 after 60 steps on 100 KB as the QAT trajectory moved
+    # with the order of floating-point sums (the gradient norm's; TP's summed input gradients). A wrong packing is
+    # off by orders of magnitude.
     ppl_of() { "$QFORGE" eval ppl --model "$1" --text "$work/val-head.txt" --seq-len 128 --quant 16-8-4 2>/dev/null \
                  | sed -n 's/^perplexity of.* \([0-9.]*\)$/\1/p'; }
     fake_ppl=$(ppl_of "$work/qat-whole/student"); gptq_ppl=$(ppl_of "$work/qat-whole/gptq")
-    /usr/bin/python3 -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(abs(a - b) > 2e-3 * a)" \
+    /usr/bin/python3 -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(abs(a - b) > 5e-3 * a)" \
       "$fake_ppl" "$gptq_ppl"
-    check "QAT student reloaded from the GPTQ format: ppl $gptq_ppl vs $fake_ppl fake-quantized (rel tol 2e-3)" $? \
+    check "QAT student reloaded from the GPTQ format: ppl $gptq_ppl vs $fake_ppl fake-quantized (rel tol 5e-3)" $? \
       || show
 
     # SIGTERM to every rank (what Slurm sends at the time limit): a checkpoint, exit 0; --resume finishes the run
