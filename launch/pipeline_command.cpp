@@ -99,8 +99,6 @@ std::string file_digest(const std::string& path) {
   return fmt::format("{}:{}", sum.bytes, hex64(sum.xxh64));
 }
 
-std::string weight_bits_of(const std::string& bits) { return std::to_string(quant::parse_bits(bits).weight); }
-
 // "16-A-KV": the activations and KV cache of `bits` on a model whose weights are already quantized.
 std::string weights_done(const std::string& bits) {
   const quant::BitWidths b = quant::parse_bits(bits);
@@ -323,7 +321,7 @@ std::pair<QforgeConfig, config::CommandLine> unit_command(const QforgeConfig& c,
   } else if (unit.stage == "ptq") {
     sc.output.dir = unit.output.string();
     if (c.ptq.calib.empty() && c.ptq.calib_corpus.empty()) sc.ptq.calib_corpus = corpus;
-    if (c.ptq.method != "rptq") sc.ptq.wbits = std::stoi(weight_bits_of(unit.bits));
+    if (c.ptq.method != "rptq") sc.ptq.wbits = quant::parse_bits(unit.bits).weight;
   } else {
     sc.model.path = unit.model;
     sc.quant.bits = unit.bits;
@@ -348,39 +346,6 @@ void run_unit(CommandContext& context, const Unit& unit) {
     if (!sc.eval.text.empty()) run(run_eval, "ppl");
     if (evaluates_tasks(sc.eval)) run(run_eval, "tasks");
   }
-}
-
-// What the report reads: each eval row with the size of the checkpoint it evaluated, the QAT loss histories, and
-// the seconds each stage's units took (from their records).
-ReportInputs report_inputs(const QforgeConfig& c, const std::vector<Unit>& units) {
-  ReportInputs inputs{c.model.path, c.pipeline.bits_list(), {}, {}, {}};
-  const fs::path out = c.output.dir;
-  for (const Unit& unit : units) {
-    const json marker = read_marker(marker_path(out, unit));
-    auto at = std::find_if(inputs.stage_seconds.begin(), inputs.stage_seconds.end(),
-                           [&](const auto& entry) { return entry.first == unit.stage; });
-    if (at == inputs.stage_seconds.end()) at = inputs.stage_seconds.insert(at, {unit.stage, 0.0});
-    at->second += marker.value("seconds", 0.0);
-    if (unit.stage == "qat") inputs.losses.emplace_back(unit.bits, (unit.output / "qat.json").string());
-    if (unit.stage != "eval") continue;
-    int64_t size = -1;
-    if (unit.row == "fp") size = weight_file_bytes(c.model.path);
-    if (unit.row == "qat") {
-      const json sizes = json::parse(read_file((out / "qat" / unit.setting / "qat.json").string())).at("sizes");
-      size = sizes.value("gptq_bytes", sizes.value("student_bytes", int64_t{-1}));
-    }
-    if (unit.row == "ptq") {
-      const json ptq = json::parse(read_file((out / "ptq" / unit.setting / "ptq.json").string()));
-      size = ptq.contains("gptq_checkpoint") ? ptq["gptq_checkpoint"].value("bytes", int64_t{-1})
-                                             : weight_file_bytes(unit.model);
-    }
-    std::string method = c.ptq.method;
-    std::transform(method.begin(), method.end(), method.begin(), ::toupper);
-    const std::map<std::string, std::string> labels = {
-        {"fp", "FP (teacher)"}, {"rtn", "RTN"}, {"qat", "QAT"}, {"ptq", method}};
-    inputs.rows.push_back({unit.row, labels.at(unit.row), unit.setting, unit.model, unit.output.string(), size});
-  }
-  return inputs;
 }
 
 template <class T>
@@ -476,7 +441,11 @@ int run_pipeline(CommandContext& context) {
   }
   runtime.world().barrier();
   if (leader) {
-    const json report = build_report(report_inputs(c, units));
+    std::vector<ReportUnit> done;
+    for (const Unit& u : units)
+      done.push_back({u.stage, u.bits, u.row, u.setting, u.model, u.output.string(),
+                      read_marker(marker_path(out, u)).value("seconds", 0.0)});
+    const json report = build_report(report_inputs(c, done));
     write_report(out.string(), report);
     std::fputs(report_markdown(report).c_str(), stdout);
     log::info("pipeline: report in {}", (out / "report.md").string());

@@ -2,12 +2,15 @@
 
 #include "framework/common/atomic_file.h"
 #include "framework/common/error.h"
+#include "launch/model_commands.h"
+#include "launch/qforge_config.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 
 namespace qforge {
 namespace fs = std::filesystem;
@@ -100,26 +103,32 @@ std::string legend(int index, const std::string& text) {
       x, y, kColours[index % 7], x + 18, y + 10, text);
 }
 
-// The distillation loss per step, one line per W-A-KV setting.
-std::string loss_plot(const json& losses) {
+// The distillation loss per step, one line per W-A-KV setting, each loss at its step (`ranges`: the first and last
+// step of each setting's losses; a run resumed from a checkpoint older than the loss history starts later).
+std::string loss_plot(const json& losses, const json& ranges) {
   double low = INFINITY, high = -INFINITY;
-  size_t steps = 1;
-  for (const auto& [bits, values] : losses.items())
-    for (const auto& v : values)
-      low = std::min(low, v.get<double>()), high = std::max(high, v.get<double>()),
-      steps = std::max(steps, values.size());
+  int64_t steps = 1;
+  for (const auto& [bits, values] : losses.items()) {
+    steps = std::max(steps, ranges.at(bits).at("last").get<int64_t>());
+    for (const auto& v : values) low = std::min(low, v.get<double>()), high = std::max(high, v.get<double>());
+  }
   if (!std::isfinite(low)) low = 0, high = 1;
   std::string svg = svg_open("QAT: distillation loss per step") + svg_axes(low, high, "step", "loss (nats/token)");
   const double x_span = kWidth - kRight - kLeft;
   int index = 0;
   for (const auto& [bits, values] : losses.items()) {
+    const int64_t first = ranges.at(bits).at("first").get<int64_t>(), last = ranges.at(bits).at("last").get<int64_t>();
     std::string points;
-    for (size_t i = 0; i < values.size(); ++i)
-      points += fmt::format("{:.1f},{:.1f} ", kLeft + x_span * (steps > 1 ? double(i) / double(steps - 1) : 0.5),
+    for (size_t i = 0; i < values.size(); ++i) {
+      const double step = static_cast<double>(first) + static_cast<double>(i);
+      points += fmt::format("{:.1f},{:.1f} ", kLeft + x_span * (steps > 1 ? (step - 1) / double(steps - 1) : 0.5),
                             y_of(values[i].get<double>(), low, high));
+    }
     svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n",
                        kColours[index % 7], points);
-    svg += legend(index++, bits);
+    svg += legend(index++, first > last ? bits + " (none recorded)"
+                           : first > 1  ? fmt::format("{} (from step {})", bits, first)
+                                        : bits);
   }
   return svg + fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{} steps</text>\n</svg>\n", kWidth - kRight,
                            kHeight - kBottom + 16, steps);
@@ -152,6 +161,43 @@ std::string bar_plot(const std::string& title, const std::string& y_label,
 
 }  // namespace
 
+ReportInputs report_inputs(const QforgeConfig& c, const std::vector<ReportUnit>& units) {
+  ReportInputs inputs{c.model.path, c.pipeline.bits_list(), {}, {}, {}};
+  const fs::path out = c.output.dir;
+  std::string method = c.ptq.method;
+  std::transform(method.begin(), method.end(), method.begin(), ::toupper);
+  const std::map<std::string, std::string> labels = {
+      {"fp", "FP (teacher)"}, {"rtn", "RTN"}, {"qat", "QAT"}, {"ptq", method}};
+  std::map<std::string, int64_t> qat_bytes;  // setting -> the size of its export (its qat.json)
+  for (const ReportUnit& unit : units) {
+    auto at = std::find_if(inputs.stage_seconds.begin(), inputs.stage_seconds.end(),
+                           [&](const auto& entry) { return entry.first == unit.stage; });
+    if (at == inputs.stage_seconds.end()) at = inputs.stage_seconds.insert(at, {unit.stage, 0.0});
+    at->second += unit.seconds;
+    if (unit.stage == "qat") {
+      const fs::path file = fs::path(unit.output) / "qat.json";
+      const json qat = read_json(file);
+      QatLosses losses{unit.bits, qat.at("steps").get<int64_t>(), qat.value("losses", std::vector<double>{})};
+      if (static_cast<int64_t>(losses.losses.size()) > losses.steps)
+        throw Error(fmt::format("{}: {} losses for {} steps", file.string(), losses.losses.size(), losses.steps));
+      inputs.losses.push_back(std::move(losses));
+      const json sizes = qat.at("sizes");
+      qat_bytes[unit.bits] = sizes.value("gptq_bytes", sizes.value("student_bytes", int64_t{-1}));
+    }
+    if (unit.stage != "eval") continue;
+    int64_t size = -1;
+    if (unit.row == "fp") size = weight_file_bytes(c.model.path);
+    if (unit.row == "qat") size = qat_bytes.at(unit.setting);  // its QAT unit came first
+    if (unit.row == "ptq") {
+      const json ptq = read_json(out / "ptq" / unit.setting / "ptq.json");
+      size = ptq.contains("gptq_checkpoint") ? ptq["gptq_checkpoint"].value("bytes", int64_t{-1})
+                                             : weight_file_bytes(unit.model);
+    }
+    inputs.rows.push_back({unit.row, labels.at(unit.row), unit.setting, unit.model, unit.output, size});
+  }
+  return inputs;
+}
+
 json build_report(const ReportInputs& inputs) {
   json rows = json::array();
   double fp_nll = NAN;
@@ -183,15 +229,18 @@ json build_report(const ReportInputs& inputs) {
       if (gap > 0) row["gap_closed"] = (rtn - row["perplexity"]["mean_nll"].get<double>()) / gap;
     }
   }
-  json losses = json::object();
-  for (const auto& [bits, file] : inputs.losses) losses[bits] = read_json(file).value("losses", json::array());
+  json losses = json::object(), loss_steps = json::object();  // the steps of each setting's losses, first to last
+  for (const QatLosses& q : inputs.losses) {
+    losses[q.bits] = q.losses;
+    loss_steps[q.bits] = {{"first", q.steps - static_cast<int64_t>(q.losses.size()) + 1}, {"last", q.steps}};
+  }
   json seconds = json::array();  // in the order the stages ran
   for (const auto& [stage, s] : inputs.stage_seconds) seconds.push_back({{"stage", stage}, {"seconds", s}});
   json plots = {"plots/distill_loss.svg", "plots/quality.svg"};
   if (std::any_of(rows.begin(), rows.end(), [](const json& row) { return std::isfinite(mean_accuracy(row)); }))
     plots.push_back("plots/accuracy.svg");
-  return {{"teacher", inputs.teacher}, {"settings", inputs.bits},  {"rows", rows},
-          {"qat_losses", losses},      {"stage_seconds", seconds}, {"plots", plots}};
+  return {{"teacher", inputs.teacher},    {"settings", inputs.bits},  {"rows", rows},  {"qat_losses", losses},
+          {"qat_loss_steps", loss_steps}, {"stage_seconds", seconds}, {"plots", plots}};
 }
 
 std::string report_markdown(const json& report) {
@@ -229,6 +278,12 @@ std::string report_markdown(const json& report) {
   md += "\n| stage | time (s) |\n|---|---|\n";
   for (const json& stage : report["stage_seconds"])
     md += fmt::format("| {} | {:.1f} |\n", stage["stage"].get<std::string>(), stage["seconds"].get<double>());
+  for (const auto& [bits, range] : report["qat_loss_steps"].items()) {  // a resume from a checkpoint without them
+    const int64_t first = range["first"], last = range["last"];
+    if (first > last) md += fmt::format("\nQAT {}: no losses recorded.\n", bits);
+    if (first > 1 && first <= last)
+      md += fmt::format("\nQAT {}: losses of steps {} to {} only (earlier ones not recorded).\n", bits, first, last);
+  }
   md += "\n![distillation loss per step](plots/distill_loss.svg)\n\n![perplexity per row](plots/quality.svg)\n";
   if (report["plots"].size() > 2) md += "\n![mean task accuracy per row](plots/accuracy.svg)\n";
   return md;
@@ -247,7 +302,8 @@ void write_report(const std::string& dir, const json& report) {
   if (!accuracy.empty())
     write_file_atomically((fs::path(dir) / "plots" / "accuracy.svg").string(),
                           bar_plot("mean task accuracy per row (higher is better)", "accuracy", accuracy));
-  write_file_atomically((fs::path(dir) / "plots" / "distill_loss.svg").string(), loss_plot(report["qat_losses"]));
+  write_file_atomically((fs::path(dir) / "plots" / "distill_loss.svg").string(),
+                        loss_plot(report["qat_losses"], report["qat_loss_steps"]));
   write_file_atomically((fs::path(dir) / "plots" / "quality.svg").string(),
                         bar_plot("perplexity per row (lower is better)", "perplexity", bars));
   write_file_atomically((fs::path(dir) / "report.json").string(), report.dump(2) + "\n");

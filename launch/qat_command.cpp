@@ -160,11 +160,14 @@ int run_qat(CommandContext& context) {
   }
   nlohmann::json report = {{"steps", result.steps_done}, {"final_loss", result.last_loss}, {"bits", c.quant.bits}};
   if (!result.losses.empty()) report["first_loss"] = result.losses.front();  // of this run (not of a resumed one)
-  report["losses"] = result.history;  // every step's, resumed runs included (the pipeline's report plots them)
+  // The losses of the last steps, resumed ones included: every step's unless QAT resumed from a checkpoint saved
+  // before the trainer kept them (the pipeline's report plots them at their steps, from steps - size + 1).
+  report["losses"] = result.history;
   report["sizes"] = export_student(context, *student, grid);
   if (context.runtime.rank() == 0)
     std::printf("qat: %lld steps, distillation loss %.4f -> %.4f; student in %s\n",
-                static_cast<long long>(result.steps_done), result.losses.empty() ? result.last_loss : result.losses.front(), result.last_loss,
+                static_cast<long long>(result.steps_done),
+                result.losses.empty() ? result.last_loss : result.losses.front(), result.last_loss,
                 (fs::path(c.output.dir) / "student").c_str());
   write_outputs(context, "qat.json", report.dump(2) + "\n");
   return 0;

@@ -2,7 +2,8 @@
 // training runs that must not depend on the parallel layout: after a few steps every TP x DP grid the world
 // allows gives the weights of a single-process run; a stop signal saves a checkpoint and the resumed run ends
 // bit for bit where an uninterrupted one does; a resume is refused under other settings or inputs and falls back
-// past a damaged checkpoint (XXH64, checked against known values); recomputing activations gives the same gradients.
+// past a damaged checkpoint (XXH64, checked against known values); the loss history a checkpoint records carries on,
+// none is made up for one without it; recomputing activations gives the same gradients.
 #include "framework/common/checksum.h"
 #include "framework/common/error.h"
 #include "framework/dist/runtime.h"
@@ -84,17 +85,26 @@ TrainSettings small_settings() {
   return s;
 }
 
+// Resumes from `checkpoint_dir` (when there is one) and trains to the end; `result` (optional) gets the run's.
 std::map<std::string, torch::Tensor> train_on(dist::Communicator& tp, dist::Communicator& dp, const TrainSettings& s,
                                               const std::string& corpus_path, const std::string& checkpoint_dir = "",
-                                              const nlohmann::json& run = nlohmann::json::object()) {
+                                              const nlohmann::json& run = nlohmann::json::object(),
+                                              TrainResult* result = nullptr) {
   CausalLM model(model::llama(4, 4, false), tp);
   model::init_random(model, 3, 0.1);
   io::CorpusReader corpus(corpus_path);
   Trainer trainer(s, model, dp, corpus, [](int64_t length) { return length - 1; }, checkpoint_dir, "", run);
   trainer.resume();
-  TrainResult result = trainer.run(next_token_loss(model, corpus));
-  EXPECT_EQ(result.steps_done, s.max_steps);
+  TrainResult done = trainer.run(next_token_loss(model, corpus));
+  EXPECT_EQ(done.steps_done, s.max_steps);
+  if (result) *result = done;
   return model::gathered_weights(model);
+}
+
+// Runs `change` on world rank 0 only, then waits for it on every rank.
+void on_rank0(const std::function<void()>& change) {
+  if (runtime().rank() == 0) change();
+  runtime().world().barrier();
 }
 
 void expect_same_weights(const std::map<std::string, torch::Tensor>& actual,
@@ -366,10 +376,6 @@ TEST(Trainer, DamagedCheckpointFallsBackToThePreviousOne) {
   train_on(grid.tp_group(), grid.dp_group(), s, corpus, checkpoints.string());
   const fs::path step3 = checkpoints / "step-00000003", step4 = checkpoints / "step-00000004";
   const std::string shard = "optimizer-tp00-dp000.safetensors";
-  auto on_rank0 = [](const std::function<void()>& damage) {
-    if (runtime().rank() == 0) damage();
-    runtime().world().barrier();
-  };
   auto resumed_step = [&](bool finish) {
     CausalLM model(model::llama(4, 4, false), grid.tp_group());
     model::init_random(model, 3, 0.1);
@@ -403,6 +409,52 @@ TEST(Trainer, DamagedCheckpointFallsBackToThePreviousOne) {
                                       (step3 / shard).string(), std::string("does not match its checksum")})
     EXPECT_NE(message.find(expected), std::string::npos) << message;
   if (runtime().rank() == 0) std::printf("no checkpoint left: %s\n", message.c_str());
+}
+
+// A resumed run's history is the checkpoint's and its own steps', as an uninterrupted run's; a checkpoint saved
+// before the trainer kept the history (no "losses" in its state) resumes with the losses of the steps run since
+// only, none made up; one with more losses than steps is an error.
+TEST(Trainer, ResumeKeepsTheRecordedLossHistoryOnly) {
+  SharedDir dir("history");
+  const std::string corpus = write_corpus(dir.path(), 250);
+  TrainSettings s = small_settings();
+  s.save_every = 1;  // keep_checkpoints 2: steps 3 and 4 stay
+  dist::Grid grid(runtime(), 1);
+  const fs::path checkpoints = dir.path() / "checkpoints", step3 = checkpoints / "step-00000003";
+  TrainResult whole, resumed, old;
+  train_on(grid.tp_group(), grid.dp_group(), s, corpus, checkpoints.string(), {}, &whole);
+  ASSERT_EQ(whole.history.size(), 4u);
+  // Step 3 as the newest checkpoint, its trainer_state.json changed by `edit` (when given), its manifest to match.
+  auto step3_newest = [&](const std::function<void(nlohmann::json&)>& edit) {
+    on_rank0([&] {
+      fs::remove_all(checkpoints / "step-00000004");
+      if (!edit) return;
+      nlohmann::json state = nlohmann::json::parse(test::slurp(step3 / "trainer_state.json"));
+      edit(state);
+      test::write_bytes(step3 / "trainer_state.json", state.dump(2) + "\n");
+      CheckpointManifest manifest = read_manifest(step3.string());
+      for (ManifestEntry& entry : manifest.files)
+        if (entry.name == "trainer_state.json") {
+          const FileChecksum sum = checksum_file((step3 / entry.name).string());
+          entry.bytes = sum.bytes, entry.xxh64 = sum.xxh64;
+        }
+      write_manifest(step3.string(), manifest);
+    });
+  };
+  auto resume = [&](TrainResult* result) {
+    train_on(grid.tp_group(), grid.dp_group(), s, corpus, checkpoints.string(), {}, result);
+  };
+  step3_newest(nullptr);
+  resume(&resumed);
+  EXPECT_EQ(resumed.losses.size(), 1u);
+  EXPECT_EQ(resumed.history, whole.history) << "resumed from step 3 with its 3 losses";
+  step3_newest([](nlohmann::json& state) { state.erase("losses"); });
+  resume(&old);
+  EXPECT_EQ(old.steps_done, 4);
+  EXPECT_EQ(old.history, std::vector<double>{whole.history.back()}) << "no losses recorded: only step 4's";
+  step3_newest([](nlohmann::json& state) { state["losses"] = std::vector<double>(5, 1.0); });
+  const std::string error = test::error_of([&] { resume(nullptr); });
+  EXPECT_NE(error.find("records 5 losses for 3 steps"), std::string::npos) << error;
 }
 
 TEST(Trainer, RecomputationGivesTheSameGradients) {

@@ -95,7 +95,7 @@ struct Trainer::State {
   std::unique_ptr<DistributedAdamW> optimizer;
   int64_t steps_done = 0;
   double last_loss = 0;
-  std::vector<double> history;  // every step's loss so far, restored on resume
+  std::vector<double> history;  // the loss of each of the last history.size() steps, restored on resume
 };
 
 Trainer::Trainer(TrainSettings settings, model::CausalLM& model, dist::Communicator& dp, const io::CorpusReader& corpus,
@@ -388,14 +388,18 @@ void Trainer::load_checkpoint(const std::string& dir, const CheckpointManifest& 
   if (saved.value("step", int64_t{-1}) != manifest.step)
     throw Error(fmt::format("checkpoint state '{}' records step {}, its manifest step {}", state_file.string(),
                             saved.value("step", int64_t{-1}), manifest.step));
+  // The losses the checkpoint recorded, those of its last steps: none in one saved before the trainer kept them.
+  std::vector<double> history = saved.value("losses", std::vector<double>{});
+  if (static_cast<int64_t>(history.size()) > manifest.step)
+    throw Error(fmt::format("checkpoint state '{}' records {} losses for {} steps", state_file.string(), history.size(),
+                            manifest.step));
   // The fp32 masters restore the parameters (exactly, whatever their dtype); the model files are the
   // layout-independent copy for people and tools, not read back.
   io::SafetensorsFile optimizer_file((fs::path(dir) / optimizer_file_name(tp_.rank(), dp_.rank())).string());
   state_->optimizer->load_state(read_all(optimizer_file), manifest.step);
   state_->steps_done = manifest.step;
   state_->last_loss = saved.value("loss", 0.0);
-  state_->history = saved.value("losses", std::vector<double>{});
-  state_->history.resize(static_cast<size_t>(manifest.step), 0.0);  // checkpoints from before the history: zeros
+  state_->history = std::move(history);
   log::info(fmt::format("resumed from {} (step {} of {})", dir, manifest.step, total_steps_));
 }
 

@@ -82,7 +82,9 @@ struct TrainResult {
   bool stopped = false;      // a stop signal arrived; a checkpoint of steps_done was saved
   double last_loss = 0.0;    // mean per-token loss of the last step
   std::vector<double> losses;  // per step run in this call
-  // Every step's loss from step 1, the resumed ones included (each checkpoint records the history so far).
+  // The losses of the last history.size() steps up to steps_done, the resumed ones included (each checkpoint
+  // records the history so far): every step's from step 1, unless the run resumed from a checkpoint saved before
+  // the trainer kept the history, which records none (then those of the steps run since; no step is made up).
   std::vector<double> history;
 };
 

@@ -10,30 +10,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/cli_support.sh"
 
 "$QFORGE" init-model --out "$work/teacher" --seed 1 2>/dev/null
 head -c 6000 "$(dirname "$0")/../../README.md" >"$work/text.txt"
-config() {  # config RUN_DIR: a small campaign whose every stage lasts long enough to be killed inside
-  cat <<EOF
-model: {path: $work/teacher}
-output: {dir: $1}
-runtime: {threads: 1}
-generate: {num_samples: 96, seq_len: 32, batch_size: 8, flush_every: 8}
-train: {global_batch: 8, micro_batch: 4, epochs: 4, lr: 1.0e-3, save_every: 2}
-ptq: {nsamples: 16, seq_len: 16, group_size: 32}
-eval: {text: $work/text.txt, seq_len: 64}
-pipeline: {bits: 4-8-4}
-EOF
-}
+config() { campaign_config "$work/teacher" "$1" 96 8 2; }  # config RUN_DIR: every stage long enough to kill inside
 pipeline() {  # pipeline RUN_DIR [options...]: runs the campaign of RUN_DIR on 2 ranks; $code, $work/out, $work/err
   local dir=$1; shift
   [ -f "$dir.yaml" ] || config "$dir" >"$dir.yaml"
   run "$work/out" "$work/err" -- "${MPI[@]}" -np 2 "$QFORGE" pipeline --config "$dir.yaml" "$@"
-}
-# The report without the times and with the run's own directory as RUN: what must not depend on interruptions.
-figures() { /usr/bin/python3 - "$1" <<'EOF'
-import json, sys
-report = json.load(open(sys.argv[1] + "/report.json"))
-del report["stage_seconds"]
-print(json.dumps(report, sort_keys=True).replace(sys.argv[1], "RUN"))
-EOF
 }
 units=7  # generate, qat/4-8-4, ptq/4-8-4, eval/fp, eval/rtn-4-8-4, eval/qat-4-8-4, eval/ptq-4-8-4
 
@@ -49,18 +30,19 @@ assert rows == [("fp", "16-16-16"), ("rtn", "4-8-4"), ("qat", "4-8-4"), ("ptq", 
 assert all(r["perplexity"]["mean_nll"] > 0 for r in report["rows"])
 qat = json.load(open(run + "/qat/4-8-4/qat.json"))
 assert report["qat_losses"]["4-8-4"] == qat["losses"] and len(qat["losses"]) == qat["steps"] == 48, qat["steps"]
+assert report["qat_loss_steps"]["4-8-4"] == {"first": 1, "last": 48}, report["qat_loss_steps"]
 assert [s["stage"] for s in report["stage_seconds"]] == ["generate", "qat", "ptq", "eval"]
 for plot in report["plots"]:
     assert ElementTree.parse(run + "/" + plot).getroot().tag.endswith("svg")
 assert "![distillation loss per step](plots/distill_loss.svg)" in open(run + "/report.md").read()
 EOF
 check "pipeline: $units units run, report.json/.md with 4 rows, 48 losses, 2 SVG plots" $? || show
-base=$(figures "$work/base")
+base=$(report_figures "$work/base")
 
 # 2. A rerun skips every unit and writes the same report.
 pipeline "$work/base"
 [ $code -eq 0 ] && [ "$(grep -c -- '-> skip (complete, same inputs and settings)' "$work/err")" -eq $units ] \
-  && ! grep -q "qat: " "$work/out" && [ "$(figures "$work/base")" = "$base" ]
+  && ! grep -q "qat: " "$work/out" && [ "$(report_figures "$work/base")" = "$base" ]
 check "a rerun skips all $units units and gives the same report" $? || show
 
 # 3. --dry-run after a changed learning rate: QAT and its evaluation would be redone, naming the key; the others
@@ -69,14 +51,14 @@ pipeline "$work/base" --dry-run --set train.lr=2e-3
 [ $code -eq 0 ] && grep -q "qat/4-8-4 *redo *changed since it ran: train; memory [0-9.]* MB per rank" "$work/out" \
   && grep -q "eval/qat-4-8-4 *redo *changed since it ran: model;" "$work/out" \
   && [ "$(grep -c " skip .*; memory [0-9.]* MB per rank" "$work/out")" -eq $((units - 2)) ] \
-  && [ "$(figures "$work/base")" = "$base" ]
+  && [ "$(report_figures "$work/base")" = "$base" ]
 check "--dry-run: qat and its row redo (train changed), 5 skip, memory plans; nothing written" $? || show
 
 # 4. The changed setting for real: only QAT and the QAT row run again, and the report changes.
 cp -r "$work/base" "$work/changed" && config "$work/changed" >"$work/changed.yaml"
 pipeline "$work/changed" --set train.lr=2e-3
 [ $code -eq 0 ] && [ "$(grep -c -- '-> redo' "$work/err")" -eq 2 ] && [ "$(grep -c -- '-> skip' "$work/err")" -eq 5 ] \
-  && [ "$(figures "$work/changed")" != "$base" ]
+  && [ "$(report_figures "$work/changed")" != "$base" ]
 check "train.lr changed: 2 units redone, 5 skipped, a different report" $? || show
 
 # 4b. Stages switched off: generate and qat only (2 units), a report without evaluation rows but with the losses;
@@ -109,7 +91,7 @@ kill_in() {  # kill_in STAGE PATTERN: starts the campaign, kills it when PATTERN
   wait $launcher 2>/dev/null
   [ -f "$dir/report.json" ] && return 1  # it finished before the kill: nothing was tested
   pipeline "$dir"
-  [ $code -eq 0 ] && grep -q -- "pipeline: $1[^ ]* -> resume" "$work/err" && [ "$(figures "$dir")" = "$base" ]
+  [ $code -eq 0 ] && grep -q -- "pipeline: $1[^ ]* -> resume" "$work/err" && [ "$(report_figures "$dir")" = "$base" ]
 }
 kill_in generate "generate: [1-9]"
 check "kill -9 inside generate, rerun: generate resumes, same report" $? || show

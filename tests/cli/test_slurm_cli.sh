@@ -18,7 +18,7 @@ sbatch_script="$here/../../launch/slurm/qforge.sbatch"
 pipeline_script="$here/../../launch/slurm/pipeline.sbatch"
 
 # The job every sbatch below runs, in one place: qforge's arguments (each job runs in its own directory, --chdir,
-# and the campaign's output.dir, `run`, is relative to it). The campaign: a 128-sample corpus from a random
+# and the campaign's output.dir, `run`, is relative to it). The campaign (campaign_config): a 128-sample corpus from a random
 # 2-layer teacher, 64 steps of QAT with a checkpoint every 8 (the test stops jobs once one exists, so that the stop
 # lands inside QAT), GPTQ, and perplexity of the four rows. A job that was stopped and resumed must end with the
 # uninterrupted job's REPORT (see figures) and its QAT student (RESULT) byte for byte.
@@ -26,27 +26,7 @@ JOB_ARGS=(pipeline --config "$work/pipeline.yaml")
 REPORT=run/report.json
 RESULT=run/qat/4-8-4/student/model.safetensors
 FIRST_CHECKPOINT=run/qat/4-8-4/checkpoints/step-00000008
-campaign() {
-  cat <<EOF
-model: {path: $work/model}
-output: {dir: run}
-runtime: {threads: 1}
-generate: {num_samples: 128, seq_len: 32, batch_size: 16, flush_every: 16}
-train: {global_batch: 8, micro_batch: 4, epochs: 4, lr: 1.0e-3, save_every: 8}
-ptq: {nsamples: 16, seq_len: 16, group_size: 32}
-eval: {text: $work/text.txt, seq_len: 64}
-pipeline: {bits: 4-8-4}
-EOF
-}
-# figures NAME: job NAME's report without the stage times and with its own run directory as RUN (what must not
-# depend on interruptions).
-figures() { /usr/bin/python3 - "$work/$1/run" <<'EOF'
-import json, sys
-report = json.load(open(sys.argv[1] + "/report.json"))
-del report["stage_seconds"]
-print(json.dumps(report, sort_keys=True).replace(sys.argv[1], "RUN"))
-EOF
-}
+figures() { report_figures "$work/$1/run"; }  # figures NAME: job NAME's report, as report_figures
 # perplexities NAME: the rows of job NAME's report, to print.
 perplexities() { /usr/bin/python3 - "$work/$1/$REPORT" <<'EOF'
 import json, sys
@@ -83,7 +63,8 @@ echo "$status" | sed -n 1,5p
 export SLURM_CONF=$cluster/slurm.conf
 
 "$QFORGE" init-model --out "$work/model" --hidden 64 --layers 2 --heads 4 --kv-heads 4 --seed 1 2>/dev/null \
-  && head -c 6000 "$here/../../README.md" >"$work/text.txt" && campaign >"$work/pipeline.yaml"
+  && head -c 6000 "$here/../../README.md" >"$work/text.txt" \
+  && campaign_config "$work/model" run 128 16 8 >"$work/pipeline.yaml"
 check "a random teacher, a text to evaluate on and the campaign's config" $? || exit 1
 
 submit() {  # submit NAME [qforge arguments...]: sbatch on 2 tasks in $work/NAME; sets $job (the job id)
