@@ -2,11 +2,13 @@
 // one process (loading excluded), one JSON line on stdout from rank 0:
 //   bench_compare ppl      --model DIR --tokens FILE --seq-len L --threads T [--repeats R] [--batch-size B]
 //   bench_compare generate --model DIR --samples N --length L --threads T [--repeats R] [--seed S]
-//   bench_compare qat-step --model DIR --quant W-A-KV --batch B --seq-len L --threads T --steps S
+//   bench_compare qat-step --model DIR --quant W-A-KV --batch B --seq-len L --threads T --steps S [--tp P]
+//                          [--profile N]  (rank 0's N largest operators by self time over the timed steps, stderr)
 //   bench_compare tokenize --model DIR --text FILE --out FILE.bin
 // Under mpiexec the ranks split the work as data parallelism (ppl windows, generation groups, the QAT batch).
 // generate and qat-step report the bytes each rank sends (Communicator::traffic) beside the layout's formula.
 #include "bench/bench_support.h"
+#include "bench/op_profile.h"
 #include "distill/corpus_generator.h"
 #include "distill/distillation.h"
 #include "framework/common/error.h"
@@ -210,15 +212,19 @@ void run_qat_step(dist::Runtime& runtime, int argc, char** argv) {
   std::vector<double> starts;
   int64_t faults_at_1 = 0, faults_at_end = 0;
   double sent = 0;
+  const auto profile_rows = static_cast<size_t>(option(argc, argv, "--profile", 0));
+  bench::OpProfile profile;
   auto timed = [&](const std::vector<int64_t>& samples, double tokens) {
     starts.push_back(now_s());
     if (starts.size() == 2) {
       faults_at_1 = minor_faults();
       grid.tp_group().reset_traffic();
       grid.dp_group().reset_traffic();
+      if (profile_rows) profile.start();
     } else if (starts.size() == static_cast<size_t>(steps) + 2) {
       faults_at_end = minor_faults();
       sent = (grid.tp_group().traffic().bytes + grid.dp_group().traffic().bytes) / static_cast<double>(steps);
+      if (profile_rows) profile.stop();
     }
     return step(samples, tokens);
   };
@@ -226,6 +232,7 @@ void run_qat_step(dist::Runtime& runtime, int argc, char** argv) {
   QF_CHECK(trainer.total_steps() == steps + 2, "bench_compare: the corpus holds fewer steps than asked");
   trainer.run(timed);
   const double faults = static_cast<double>(faults_at_end - faults_at_1) / static_cast<double>(steps);
+  if (profile_rows && runtime.rank() == 0) profile.print(stderr, starts[steps + 1] - starts[1], profile_rows);
   std::vector<double> seconds;
   for (int64_t i = 1; i <= steps; ++i) seconds.push_back(world_max(runtime, starts[i + 1] - starts[i]));
   const double formula = step_formula(trainer.bucket_sizes(), grid.dp(), grid.tp(), student->config(),

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <memory>
 #include <sstream>
 
 namespace qforge::quant {
@@ -64,9 +65,10 @@ void check_groups(const LinearSite& site, const QuantSpec& spec, int tp) {
   const int64_t rows = site.weight.size(0), columns = site.weight.size(1);
   if (columns % spec.group_size == 0) return;
   if (site.row_parallel && tp > 1)
-    throw UsageError(fmt::format("quant.group_size = {} does not divide the {} input columns of {} that each of "
-                                 "parallel.tp = {} ranks holds (weight [{}, {}])",
-                                 spec.group_size, columns, site.name, tp, rows, columns * tp));
+    throw UsageError(
+        fmt::format("quant.group_size = {} does not divide the {} input columns of {} that each of "
+                    "parallel.tp = {} ranks holds (weight [{}, {}])",
+                    spec.group_size, columns, site.name, tp, rows, columns * tp));
   throw UsageError(fmt::format("quant.group_size = {} does not divide the {} input columns of {} (weight [{}, {}])",
                                spec.group_size, columns, site.name, site.row_parallel ? rows : rows * tp, columns));
 }
@@ -76,15 +78,51 @@ model::TensorHook quantizer_hook(const QuantSpec& spec, dist::Communicator* tp) 
   return [spec, tp](const torch::Tensor& x) { return fake_quantize(x, spec, tp); };
 }
 
-bool attach_to_linear(model::CausalLM& model, const LinearSite& site, const QuantSettings& settings) {
-  if (is_excluded(site.name, settings.exclude)) return false;
+// The input quantizer of linears that read one activation (q, k, v; gate, up): the first of them to run computes
+// x̂, the others get that same tensor (one rounding, one backward mask, instead of one per linear). x̂ is held only
+// from the first call to the last sibling's in the same forward pass.
+class SharedInputQuantizer {
+ public:
+  SharedInputQuantizer(QuantSpec spec, dist::Communicator* tp, int users) : spec_(spec), tp_(tp), users_(users) {}
+
+  torch::Tensor operator()(const torch::Tensor& x) {
+    if (remaining_ > 0 && x.unsafeGetTensorImpl() == input_.unsafeGetTensorImpl() && x._version() == version_) {
+      torch::Tensor y = output_;
+      if (--remaining_ == 0) input_ = output_ = torch::Tensor();
+      return y;
+    }
+    torch::Tensor y = fake_quantize(x, spec_, tp_);
+    remaining_ = users_ - 1;
+    input_ = remaining_ > 0 ? x : torch::Tensor();
+    output_ = remaining_ > 0 ? y : torch::Tensor();
+    version_ = x._version();
+    return y;
+  }
+
+ private:
+  QuantSpec spec_;
+  dist::Communicator* tp_;
+  int users_;
+  torch::Tensor input_, output_;  // the activation being shared and its x̂
+  int64_t version_ = 0;
+  int remaining_ = 0;  // siblings still to call
+};
+
+// Attaches the weight quantizers of `sites` (the linears of one layer that read one activation, quant.exclude
+// applied) and their shared input quantizer.
+void attach_to_linears(model::CausalLM& model, const std::vector<LinearSite>& sites, const QuantSettings& settings) {
   const QuantSpec weight = settings.weight_spec(), act = settings.act_spec();
-  check_groups(site, weight, model.tp().size());
-  site.weight_site->transform =
-      quantizer_hook(weight, reduce_over(model, weight_range_spans_split(site, weight.granularity)));
+  for (const LinearSite& site : sites) {
+    check_groups(site, weight, model.tp().size());
+    site.weight_site->transform =
+        quantizer_hook(weight, reduce_over(model, weight_range_spans_split(site, weight.granularity)));
+  }
+  if (!act.enabled() || sites.empty()) return;
   // A row-parallel layer's input holds this rank's slice of the features; a column-parallel one's is whole.
-  site.input->transform = quantizer_hook(act, reduce_over(model, site.row_parallel));
-  return weight.enabled() || act.enabled();
+  auto shared = std::make_shared<SharedInputQuantizer>(act, reduce_over(model, sites.front().row_parallel),
+                                                       static_cast<int>(sites.size()));
+  for (const LinearSite& site : sites)
+    site.input->transform = [shared](const torch::Tensor& x) { return (*shared)(x); };
 }
 
 }  // namespace
@@ -129,8 +167,14 @@ bool is_excluded(const std::string& name, const std::vector<std::string>& exclud
 AttachReport attach_quantizers(model::CausalLM& model, const QuantSettings& settings) {
   detach_quantizers(model);
   AttachReport report;
+  std::map<std::pair<int64_t, model::LinearInput>, std::vector<LinearSite>> by_input;  // linears sharing an input
   for (const LinearSite& site : decoder_linears(model))
-    if (attach_to_linear(model, site, settings)) ++report.quantized_linears;
+    if (!is_excluded(site.name, settings.exclude)) by_input[{site.layer, site.input_kind}].push_back(site);
+  const bool any = settings.weight_spec().enabled() || settings.act_spec().enabled();
+  for (const auto& [input, sites] : by_input) {
+    attach_to_linears(model, sites, settings);
+    if (any) report.quantized_linears += static_cast<int64_t>(sites.size());
+  }
 
   const QuantSpec kv = settings.kv_spec();
   if (!kv.enabled()) return report;
@@ -188,8 +232,8 @@ GptqExport qat_gptq_export(model::CausalLM& model, const QuantSettings& settings
       scales = model.tp().all_gather(scales, 1);
       zeros = model.tp().all_gather(zeros, 1);
     }
-    torch::Tensor g_idx = grouped ? torch::arange(in, torch::kLong).div(spec.group_size, "floor")
-                                  : torch::zeros({in}, torch::kLong);
+    torch::Tensor g_idx =
+        grouped ? torch::arange(in, torch::kLong).div(spec.group_size, "floor") : torch::zeros({in}, torch::kLong);
     exported.linears[site.name + ".weight"] = {scales, zeros, g_idx};
   }
   return exported;

@@ -188,6 +188,35 @@ TEST(Quantizer, RangesAreFp32AndTheDtypeIsKept) {
   EXPECT_TRUE(torch::equal(half, fake_quantize(x.to(torch::kBFloat16).to(torch::kFloat), spec).to(torch::kBFloat16)));
 }
 
+// The fused CPU kernels (quant/fake_quant_cpu.cpp) against libtorch's operations written out here, bit for bit
+// (signed zeros included): per-channel rows with exact ties (x / scale = k + 1/2), small negatives that round to -0,
+// an all-zero row (scale 1) and random data, symmetric and asymmetric, at 2, 4 and 8 bits.
+TEST(Quantizer, FusedKernelsEqualTheLibtorchOperationsBitForBit) {
+  torch::Tensor ties = torch::tensor({7.0f, 0.5f, 1.5f, -2.5f, -0.25f, 3.5f, -6.5f, 0.0f});  // scale 1 at 4 bits
+  torch::Tensor x = torch::cat({ties.view({1, 8}), torch::zeros({1, 8}), randn({6, 8}, 7) * 0.3});
+  for (int bits : {2, 4, 8})
+    for (bool symmetric : {true, false}) {
+      const QuantSpec spec = spec_of(bits, symmetric, Granularity::kChannel);
+      torch::Tensor expected;
+      if (symmetric) {
+        const double qmax = (1 << (bits - 1)) - 1;
+        torch::Tensor absmax = x.abs().amax(1, true);
+        torch::Tensor scale = torch::where(absmax > 0, absmax / qmax, torch::ones_like(absmax));
+        expected = (x / scale).round().clamp(-qmax, qmax) * scale;
+      } else {
+        const double levels = (1 << bits) - 1;
+        torch::Tensor max = x.amax(1, true).clamp_min(0), neg_min = (-x.amin(1, true)).clamp_min(0);
+        torch::Tensor range = max + neg_min;
+        torch::Tensor scale = torch::where(range > 0, range / levels, torch::ones_like(range));
+        torch::Tensor zero = (neg_min / scale).round();
+        expected = (((x / scale).round() + zero).clamp(0, levels) - zero) * scale;
+      }
+      torch::Tensor fake = fake_quantize(x, spec);
+      EXPECT_TRUE(torch::equal(fake.view(torch::kInt), expected.view(torch::kInt)))
+          << describe(spec) << ": " << fake << " vs " << expected;
+    }
+}
+
 // ---- straight-through gradients ----------------------------------------------------------------------------
 
 TEST(StraightThrough, GradientIsTheUpstreamGradientInsideTheClipRange) {
@@ -201,9 +230,32 @@ TEST(StraightThrough, GradientIsTheUpstreamGradientInsideTheClipRange) {
     expected.narrow(0, 21, 4).zero_();
     EXPECT_TRUE(torch::equal(x.grad(), expected)) << x.grad();
 
+    // An activation (not a leaf) keeps a byte mask instead of x: the same gradient reaches the leaf behind it.
+    torch::Tensor leaf = (torch::arange(-12, 13, torch::kFloat) / 8).requires_grad_(true);
+    (fake_quantize(leaf * 2, spec_of(4, true, granularity)) * upstream).sum().backward();
+    EXPECT_TRUE(torch::equal(leaf.grad(), expected * 2)) << leaf.grad();
+
     torch::Tensor plain = (torch::arange(-12, 13, torch::kFloat) / 4).requires_grad_(true);
     (fake_quantize(plain, spec_of(4, false, granularity, 128, /*ste_clip=*/0.0)) * upstream).sum().backward();
     EXPECT_TRUE(torch::equal(plain.grad(), upstream)) << plain.grad();
+  }
+}
+
+// A weight behind a linear layer gets its gradient transposed: the clipped gradient is still the upstream one
+// where |w| <= ste_clip (here about a third of the entries lie outside), bit for bit; and a weight inside the clip
+// range passes its gradient through untouched.
+TEST(StraightThrough, TransposedWeightGradientsAreClippedElementwise) {
+  const torch::Tensor input = randn({3, 5}, 12), upstream = randn({3, 6}, 13);
+  for (double spread : {2.0, 0.3}) {
+    torch::Tensor w = (randn({6, 5}, 11) * spread).requires_grad_(true);
+    (torch::matmul(input, fake_quantize(w, spec_of(8, true, Granularity::kChannel)).t()) * upstream).sum().backward();
+    torch::Tensor plain = w.detach().clone().requires_grad_(true);
+    (torch::matmul(input, plain.t()) * upstream).sum().backward();
+    const torch::Tensor inside = w.detach().abs() <= 2.0;
+    if (spread == 2.0) {
+      EXPECT_GT((~inside).sum().item<int64_t>(), 3) << "some weights must lie outside the clip";
+    }
+    EXPECT_TRUE(torch::equal(w.grad(), plain.grad().masked_fill(~inside, 0))) << w.grad() << plain.grad();
   }
 }
 
