@@ -5,6 +5,7 @@
 //   bench_compare qat-step --model DIR --quant W-A-KV --batch B --seq-len L --threads T --steps S [--tp P]
 //                          [--profile N]  (rank 0's N largest operators by self time over the timed steps, stderr)
 //   bench_compare tokenize --model DIR --text FILE --out FILE.bin
+//   bench_compare gemm --threads T   (fp32 matmul GFLOP/s per rank, every rank at once: the floor's rate)
 // Under mpiexec the ranks split the work as data parallelism (ppl windows, generation groups, the QAT batch).
 // generate and qat-step report the bytes each rank sends (Communicator::traffic) beside the layout's formula.
 #include "bench/bench_support.h"
@@ -250,6 +251,14 @@ void run_qat_step(dist::Runtime& runtime, int argc, char** argv) {
                    {"tp", grid.tp()}});
 }
 
+// The fastest fp32 matmul rate on a rank, over square sizes, all ranks multiplying at once: the rate at which a
+// layout's matrix products could run at best (bench/compare's GEMM floor); the largest over ranks.
+void run_gemm(dist::Runtime& runtime) {
+  double best = 0;
+  for (int n : {512, 1024, 2048}) best = std::max(best, sys::measure_matmul_gflops(n));
+  finish(runtime, {{"task", "gemm"}, {"gflops", world_max(runtime, best)}});
+}
+
 void run_tokenize(int argc, char** argv) {
   const std::string model_dir = text_option(argc, argv, "--model");
   auto tokenizer = tok::load_tokenizer(model_dir);
@@ -267,7 +276,7 @@ int main(int argc, char** argv) {
   quiet.level = log::Level::kWarn;
   log::configure(quiet);
   if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_compare ppl|generate|qat-step|tokenize [options] (see bench/README.md)\n");
+    std::fprintf(stderr, "usage: bench_compare ppl|generate|qat-step|tokenize|gemm [options] (see bench/README.md)\n");
     return 2;
   }
   const std::string task = argv[1];
@@ -281,6 +290,8 @@ int main(int argc, char** argv) {
       run_qat_step(runtime, argc, argv);
     else if (task == "tokenize")
       run_tokenize(argc, argv);
+    else if (task == "gemm")
+      run_gemm(runtime);
     else
       throw UsageError(fmt::format("bench_compare: unknown task '{}'", task));
   } catch (const std::exception& e) {

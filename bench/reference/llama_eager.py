@@ -273,6 +273,19 @@ def run_tokenize(args, rank, world):
     emit(rank, {"task": "tokenize", "impl": "pytorch", "tokens": len(ids), "out": args.out})
 
 
+def run_gemm(args, rank, world):
+    """fp32 matmul GFLOP/s, best of 3 at each square size (every rank multiplying at once)."""
+    best = 0.0
+    for n in (512, 1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        for _ in range(3):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2.0 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    emit(rank, {"task": "gemm", "impl": "pytorch", "gflops": best})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="task", required=True)
@@ -304,6 +317,8 @@ def main():
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=2e-5)
+    p = sub.add_parser("gemm")  # the fastest fp32 matmul rate here: bench/compare's GEMM floor
+    p.add_argument("--threads", type=int, default=1)
     p = add("tokenize")
     p.add_argument("--text", required=True)
     p.add_argument("--out", required=True)
@@ -313,8 +328,8 @@ def main():
     torch.manual_seed(0)
     rank, world = init_ranks()
     try:
-        {"ppl": run_ppl, "generate": run_generate, "qat-step": run_qat_step, "tokenize": run_tokenize}[args.task](
-            args, rank, world)
+        {"ppl": run_ppl, "generate": run_generate, "qat-step": run_qat_step, "tokenize": run_tokenize,
+         "gemm": run_gemm}[args.task](args, rank, world)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
