@@ -1,7 +1,7 @@
 // qforge's side of bench/compare: the same tasks and options as bench/reference/llama_eager.py, timed inside
 // one process (loading excluded), one JSON line on stdout from rank 0:
 //   bench_compare ppl      --model DIR --tokens FILE --seq-len L --threads T [--repeats R] [--batch-size B]
-//   bench_compare generate --model DIR --samples N --length L --threads T [--repeats R] [--seed S]
+//   bench_compare generate --model DIR --samples N --length L --threads T [--repeats R] [--seed S] [--tp P]
 //   bench_compare qat-step --model DIR --quant W-A-KV --batch B --seq-len L --threads T --steps S [--tp P]
 //                          [--profile N]  (rank 0's N largest operators by self time over the timed steps, stderr)
 //   bench_compare tokenize --model DIR --text FILE --out FILE.bin
@@ -103,13 +103,30 @@ void run_ppl(dist::Runtime& runtime, int argc, char** argv) {
                    {"seconds", seconds}});
 }
 
+// Bytes a rank sends decoding one group of `rows` samples of `length` tokens (the start token, then length - 1
+// forward passes over [rows, 1], every row to the end: no stop at EOS) under TP p (ring counting), hidden H, L
+// layers: per pass, all-reduces (2 (p - 1) / p of their bytes) of the embedding's and the two row-parallel outputs
+// per layer [rows, H] fp32; all-gathers ((p - 1) x the input's bytes) of the greedy choice (the value fp32 and the
+// index int64 per row) and of the logits' vocabulary shards [rows, ceil(V / p)] fp32 for sampling. Data parallel
+// groups send nothing.
+double generation_formula(int tp, const model::ModelConfig& m, int64_t rows, int64_t length) {
+  if (tp == 1) return 0;
+  const double p = tp, b = static_cast<double>(rows), hidden = static_cast<double>(m.hidden_size);
+  const double local_vocab = static_cast<double>((m.vocab_size + tp - 1) / tp);
+  const double all_reduces = 2 * (p - 1) / p * 4 * b * hidden * (1 + 2 * static_cast<double>(m.num_layers));
+  const double all_gathers = (p - 1) * (b * (4 + 8) + 4 * b * local_vocab);
+  return static_cast<double>(length - 1) * (all_reduces + all_gathers);
+}
+
 // LLM-QAT's generation (random start token, 3 greedy tokens, then top-K 50 sampling, no stop at EOS), all
-// samples of a rank decoded as one group: the rank's share of N samples in one batch.
+// samples of a DP rank decoded as one group: the rank's share of N samples in one batch. The bytes are those of
+// the TP group (DP groups decode independently), beside generation_formula over this rank's groups.
 void run_generate(dist::Runtime& runtime, int argc, char** argv) {
-  auto model = model::load_pretrained(text_option(argc, argv, "--model"), runtime.self());
+  dist::Grid grid(runtime, static_cast<int>(option(argc, argv, "--tp", 1)));
+  auto model = model::load_pretrained(text_option(argc, argv, "--model"), grid.tp_group());
   const int64_t samples = option(argc, argv, "--samples", 64), length = option(argc, argv, "--length", 128);
   const int64_t repeats = option(argc, argv, "--repeats", 1);
-  const int dp = runtime.size();
+  const int dp = grid.dp();
   distill::CorpusSettings settings;
   settings.num_samples = samples;
   settings.seq_len = length;
@@ -120,30 +137,36 @@ void run_generate(dist::Runtime& runtime, int argc, char** argv) {
   settings.batch_size = (samples + dp - 1) / dp;
   const distill::CorpusSchedule schedule(settings, model->config().vocab_size);
   std::vector<int64_t> mine;
-  for (int64_t g = runtime.rank(); g < schedule.num_groups(); g += dp) mine.push_back(g);
+  double formula = 0;
+  for (int64_t g = grid.dp_rank(); g < schedule.num_groups(); g += dp) {
+    mine.push_back(g);
+    formula += generation_formula(grid.tp(), model->config(), static_cast<int64_t>(schedule.group(g).size()), length);
+  }
   std::vector<double> seconds;
   int64_t generated = 0;
   double sent = 0;
   auto count = [&](const io::CorpusSample& s) { generated += static_cast<int64_t>(s.tokens.size()) - 1; };
   for (int64_t r = 0; r < repeats; ++r) {
     runtime.world().barrier();
-    runtime.world().reset_traffic();
+    grid.tp_group().reset_traffic();
+    grid.dp_group().reset_traffic();
     generated = 0;
     const double start = now_s();
     distill::generate_groups(*model, schedule, mine, count);
-    sent = runtime.world().traffic().bytes;
+    sent = grid.tp_group().traffic().bytes + grid.dp_group().traffic().bytes;
     seconds.push_back(world_max(runtime, now_s() - start));
   }
-  torch::Tensor total = torch::tensor({generated}, torch::kLong);
+  torch::Tensor total = torch::tensor({grid.tp_rank() == 0 ? generated : int64_t{0}}, torch::kLong);
   runtime.world().all_reduce(total, dist::ReduceOp::kSum);
-  // Data parallel: the groups decode independently, nothing crosses ranks.
   finish(runtime, {{"task", "generate"},
                    {"tokens", total.item<int64_t>()},
                    {"samples", samples},
                    {"length", length},
                    {"seconds", seconds},
                    {"comm_bytes", sent},
-                   {"comm_bytes_formula", 0.0}});
+                   {"comm_bytes_formula", formula},
+                   {"dp", grid.dp()},
+                   {"tp", grid.tp()}});
 }
 
 // Bytes a rank sends in one training step (ring counting, Communicator::Traffic), from the model and layout alone.
