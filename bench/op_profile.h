@@ -1,6 +1,6 @@
 // Self time per libtorch operator, for "where does the step go" tables: a RecordFunction observer keeps a stack per
 // thread and charges each operator its own time, its children's subtracted (autograd's backward nodes included,
-// under their own names). Active between start() and stop(); print() writes the largest entries.
+// under their own names) and its inclusive time. Active between start() and stop(); print() writes the largest.
 #pragma once
 
 #include <ATen/record_function.h>
@@ -28,19 +28,19 @@ class OpProfile {
     std::vector<std::pair<std::string, Entry>> rows(totals().begin(), totals().end());
     std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
     double listed = 0;
-    std::fprintf(out, "%-60s %10s %8s %8s\n", "operator (self time)", "ms", "share", "calls");
+    std::fprintf(out, "%-60s %10s %8s %8s %10s\n", "operator (self time)", "ms", "share", "calls", "incl. ms");
     for (size_t i = 0; i < rows.size() && i < top; ++i) {
       const double ms = static_cast<double>(rows[i].second.ns) * 1e-6;
       listed += ms;
-      std::fprintf(out, "%-60.60s %10.1f %7.1f%% %8lld\n", rows[i].first.c_str(), ms, 100 * ms * 1e-3 / wall_s,
-                   static_cast<long long>(rows[i].second.calls));
+      std::fprintf(out, "%-60.60s %10.1f %7.1f%% %8lld %10.1f\n", rows[i].first.c_str(), ms, 100 * ms * 1e-3 / wall_s,
+                   static_cast<long long>(rows[i].second.calls), static_cast<double>(rows[i].second.total_ns) * 1e-6);
     }
     std::fprintf(out, "%-60s %10.1f %7.1f%%\n", "listed", listed, 100 * listed * 1e-3 / wall_s);
   }
 
  private:
   struct Entry {
-    int64_t ns = 0, calls = 0;
+    int64_t ns = 0, calls = 0, total_ns = 0;  // self time, calls, inclusive time
   };
   struct Frame {
     int64_t start, children;
@@ -75,6 +75,7 @@ class OpProfile {
     std::lock_guard<std::mutex> guard(lock());
     Entry& e = totals()[fn.name()];
     e.ns += total - f.children;
+    e.total_ns += total;
     e.calls += 1;
   }
 

@@ -3,7 +3,10 @@
 #include "distill/kd_loss.h"
 #include "framework/common/error.h"
 
+#include <ATen/record_function.h>
 #include <fmt/format.h>
+
+#include <optional>
 
 namespace qforge::distill {
 namespace {
@@ -35,6 +38,14 @@ train::MicroStep distillation_step(model::CausalLM& student, model::CausalLM* te
     auto [tokens, lengths] = corpus.batch(samples);
     const int64_t width = std::max<int64_t>(1, lengths.max().item<int64_t>());
     tokens = tokens.narrow(1, 0, width);
+    // The phases are named for profiles (bench_compare qat-step --profile); free when nothing observes them.
+    std::optional<at::RecordFunction> phase;
+    auto enter = [&](const char* name) {
+      phase.reset();
+      phase.emplace(at::RecordScope::USER_SCOPE);
+      if (phase->isActive()) phase->before(name);
+    };
+    enter("qforge::student_forward");
     const torch::Tensor student_logits = student.forward(tokens);
     const torch::Tensor rows = loss_rows(lengths, width).to(student_logits.device());
     const torch::Tensor student_rows = rows_of(student_logits, rows);
@@ -43,8 +54,10 @@ train::MicroStep distillation_step(model::CausalLM& student, model::CausalLM* te
       torch::Tensor teacher_rows;
       {
         torch::NoGradGuard no_grad;
+        enter("qforge::teacher_forward");
         teacher_rows = rows_of(teacher->forward(tokens), rows);
       }
+      enter("qforge::kd_loss");
       loss = vocab_parallel_soft_cross_entropy(student_rows, teacher_rows, student.tp(), settings.temperature);
     } else {
       auto [ids, logprobs] = corpus.topk_batch(samples);
@@ -54,7 +67,9 @@ train::MicroStep distillation_step(model::CausalLM& student, model::CausalLM* te
                                                student.vocab_start());
     }
     torch::Tensor sum = loss.sum();
+    enter("qforge::backward");
     (sum / step_tokens).backward();
+    phase.reset();
     return sum.item<double>();
   };
 }
