@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 namespace qforge::quant::avx2 {
 namespace {
@@ -36,7 +37,7 @@ inline float round_half_even(float v) { return std::nearbyint(v); }
 }  // namespace
 
 bool available() {
-  static const bool yes = __builtin_cpu_supports("avx2");
+  static const bool yes = __builtin_cpu_supports("avx2") && !std::getenv("QFORGE_DISABLE_AVX2");
   return yes;
 }
 

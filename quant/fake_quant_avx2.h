@@ -7,7 +7,9 @@
 
 namespace qforge::quant::avx2 {
 
-bool available();  // the CPU runs AVX2 (checked once)
+// The CPU runs AVX2 and QFORGE_DISABLE_AVX2 is not set (checked once; the variable makes the portable loops run,
+// as a test does).
+bool available();
 
 // Rows [begin, end) of x [rows, n]: out[r] = max |x[r, :]| (symmetric), or out[2r] = max(max x[r, :], 0) and
 // out[2r + 1] = -min(min x[r, :], 0).

@@ -6,6 +6,7 @@
 #include "framework/eval/perplexity.h"
 #include "framework/model/generation.h"
 #include "framework/model/parallel.h"
+#include "framework/model/training_grads.h"
 #include "framework/model/transformer.h"
 #include "tests/model_fixtures.h"
 
@@ -112,6 +113,50 @@ TEST(TensorParallel, GradientsMatchTheUnshardedModel) {
 
       expect_gradients_match(sharded, reference, kGradAbsTol, kGradRelTol, where);
     }
+}
+
+// The fused fp32 backward passes of RMSNorm and SwiGLU against autograd through the same operations in fp64 (an
+// independent computation of the same gradients): values equal to libtorch's, gradients within fp32 rounding.
+constexpr double kFusedGradRelTol = 1e-5;  // of the largest gradient entry; fp32 against fp64
+TEST(TrainingGrads, RmsNormAndSwigluMatchAutogradInDouble) {
+  auto check = [](const torch::Tensor& ours, const torch::Tensor& reference, const char* what) {
+    const double scale = reference.abs().max().item<double>();
+    const double error = (ours.to(torch::kDouble) - reference).abs().max().item<double>();
+    EXPECT_LE(error, kFusedGradRelTol * scale) << what << ": max error " << error << " of " << scale;
+    EXPECT_GT(scale, 0.0) << what;
+  };
+  torch::manual_seed(3);
+  torch::Tensor x = (torch::randn({3, 5, 64}) * 2).requires_grad_(true), w = torch::randn({64}).requires_grad_(true);
+  torch::Tensor dy = torch::randn({3, 5, 64});
+  torch::Tensor y = rms_norm(x, w, 1e-5);
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(torch::equal(y, w * (x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-5)))) << "the forward is libtorch's";
+  }
+  (y * dy).sum().backward();
+  torch::Tensor x64 = x.detach().to(torch::kDouble).requires_grad_(true),
+                w64 = w.detach().to(torch::kDouble).requires_grad_(true);
+  (w64 * (x64 * torch::rsqrt(x64.pow(2).mean(-1, true) + 1e-5)) * dy.to(torch::kDouble)).sum().backward();
+  check(x.grad(), x64.grad(), "RMSNorm dx");
+  check(w.grad(), w64.grad(), "RMSNorm dweight");
+
+  torch::Tensor g = (torch::randn({4, 96}) * 3).requires_grad_(true), u = torch::randn({4, 96}).requires_grad_(true);
+  {
+    torch::NoGradGuard no_grad;
+    g.narrow(1, 0, 1).zero_();  // sigma = 1/2 where the gate is 0
+  }
+  torch::Tensor dh = torch::randn({4, 96});
+  torch::Tensor h = swiglu(g, u);
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(torch::equal(h, torch::silu(g) * u)) << "the forward is libtorch's";
+  }
+  (h * dh).sum().backward();
+  torch::Tensor g64 = g.detach().to(torch::kDouble).requires_grad_(true),
+                u64 = u.detach().to(torch::kDouble).requires_grad_(true);
+  (torch::silu(g64) * u64 * dh.to(torch::kDouble)).sum().backward();
+  check(g.grad(), g64.grad(), "SwiGLU dgate");
+  check(u.grad(), u64.grad(), "SwiGLU dup");
 }
 
 TEST(Precision, Bfloat16LogitsStayCloseToFp32UnderTp) {

@@ -2,6 +2,7 @@
 
 #include "framework/common/checksum.h"
 #include "framework/common/error.h"
+#include "framework/model/training_grads.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
@@ -153,8 +154,9 @@ torch::Tensor NormImpl::forward(const torch::Tensor& x) {
     if (output_index.defined()) normed = normed.index_select(-1, output_index);
     return output_site(normed.to(x.scalar_type()));
   }
-  torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
-  torch::Tensor y = weight * normed.to(x.scalar_type());
+  torch::Tensor y = x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat
+                        ? rms_norm(x32, weight, eps_)
+                        : weight * (x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_)).to(x.scalar_type());
   return output_site(output_index.defined() ? y.index_select(-1, output_index) : y);
 }
 
@@ -247,7 +249,7 @@ MlpImpl::MlpImpl(const std::string& prefix, const ModelConfig& config, dist::Com
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   if (gated_) {
     const torch::Tensor input = copy_to_tp(x, up->tp());  // one backward all-reduce for gate and up
-    return down(torch::silu(gate->forward_shared(input)) * up->forward_shared(input));
+    return down(swiglu(gate->forward_shared(input), up->forward_shared(input)));
   }
   return down(torch::relu(up(x)));
 }
