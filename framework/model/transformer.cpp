@@ -154,9 +154,10 @@ torch::Tensor NormImpl::forward(const torch::Tensor& x) {
     if (output_index.defined()) normed = normed.index_select(-1, output_index);
     return output_site(normed.to(x.scalar_type()));
   }
-  torch::Tensor y = x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat
-                        ? rms_norm(x32, weight, eps_)
-                        : weight * (x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_)).to(x.scalar_type());
+  const bool fp32 = x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat;
+  // fp32: the same operations, with a fused backward pass.
+  torch::Tensor y = fp32 ? rms_norm(x32, weight, eps_)
+                         : weight * (x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + eps_)).to(x.scalar_type());
   return output_site(output_index.defined() ? y.index_select(-1, output_index) : y);
 }
 
