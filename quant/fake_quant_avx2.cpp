@@ -1,5 +1,6 @@
 #include "quant/fake_quant_avx2.h"
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -119,3 +120,21 @@ void masked_select(const float* grad, const bool* mask, int64_t begin, int64_t e
 }
 
 }  // namespace qforge::quant::avx2
+
+#else  // not x86: no AVX2, available() is false and callers never reach the kernels
+
+#include <cstdlib>
+
+namespace qforge::quant::avx2 {
+
+bool available() { return false; }
+void range_stats(const float*, int64_t, int64_t, int64_t, bool, float*) { std::abort(); }
+void quantize_dequantize(const float*, int64_t, int64_t, int64_t, const float*, const float*, float, float, float*) {
+  std::abort();
+}
+void clipped_select(const float*, const float*, float, int64_t, int64_t, float*) { std::abort(); }
+void masked_select(const float*, const bool*, int64_t, int64_t, float*) { std::abort(); }
+
+}  // namespace qforge::quant::avx2
+
+#endif
