@@ -1,10 +1,11 @@
 // QAT step cost: full distillation steps (teacher forward, student forward and backward, sharded KD loss, AdamW)
 // on the same random LLaMA model with quantizers off and at several W-A-KV settings, in one run. Prints the step
 // time, tokens/s, the ratio to full precision and the share of the step spent in matrix products (aten::mm,
-// addmm, bmm, baddbmm timed by a RecordFunction observer during separate, observed steps).
+// addmm, bmm, baddbmm timed by bench/op_profile.h during separate, observed steps).
 //   bench_qat [--hidden H] [--layers K] [--vocab V] [--seq-len L] [--batch B] [--steps N] [--rounds R] [--threads T]
 #include "distill/distillation.h"
 #include "bench/bench_support.h"
+#include "bench/op_profile.h"
 #include "framework/dist/runtime.h"
 #include "framework/io/corpus.h"
 #include "framework/log/log.h"
@@ -12,13 +13,10 @@
 #include "framework/train/trainer.h"
 #include "quant/qat.h"
 
-#include <ATen/record_function.h>
 #include <fmt/format.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <random>
 #include <unistd.h>
@@ -29,22 +27,6 @@ using namespace qforge;
 
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-// Wall time inside matrix-product kernels, summed over threads that call them (the autograd engine included).
-std::atomic<int64_t> matmul_ns{0};
-thread_local double matmul_started = 0;
-bool is_matmul(const char* name) {
-  for (const char* op : {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
-    if (std::strcmp(name, op) == 0) return true;
-  return false;
-}
-std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction& fn) {
-  if (is_matmul(fn.name())) matmul_started = now_s();
-  return nullptr;
-}
-void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
-  if (is_matmul(fn.name())) matmul_ns += static_cast<int64_t>((now_s() - matmul_started) * 1e9);
-}
 
 struct Measurement {
   double step_s, tokens_per_s, matmul_share;
@@ -66,11 +48,12 @@ Measurement measure(model::CausalLM& student, model::CausalLM& teacher, const io
   run(1);
   const double seconds = run(steps);
   const double tokens = static_cast<double>(steps * base.global_batch * (corpus.seq_len() - 1));
-  matmul_ns = 0;
-  at::CallbackHandle handle = at::addGlobalCallback(at::RecordFunctionCallback(on_enter, on_exit));
+  bench::OpProfile profile;
+  profile.start();
   const double observed = run(2);
-  at::removeCallback(handle);
-  return {seconds / steps, tokens / seconds, static_cast<double>(matmul_ns.load()) * 1e-9 / observed};
+  profile.stop();
+  const double matmul_s = profile.seconds_in({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"});
+  return {seconds / steps, tokens / seconds, matmul_s / observed};
 }
 
 }  // namespace

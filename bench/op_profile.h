@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <string>
@@ -22,6 +23,16 @@ class OpProfile {
     handle_ = at::addGlobalCallback(at::RecordFunctionCallback(enter, leave));
   }
   void stop() { at::removeCallback(handle_); }
+
+  // Seconds inside the named operators (inclusive), summed over threads.
+  double seconds_in(std::initializer_list<const char*> names) const {
+    int64_t ns = 0;
+    for (const char* name : names) {
+      auto it = totals().find(name);
+      if (it != totals().end()) ns += it->second.total_ns;
+    }
+    return static_cast<double>(ns) * 1e-9;
+  }
 
   // The `top` operators by self time, with their share of `wall_s` (the observed steps' wall time).
   void print(FILE* out, double wall_s, size_t top) const {

@@ -140,7 +140,6 @@ struct StraightThroughQuantize : torch::autograd::Function<StraightThroughQuanti
     torch::Tensor values = fake_quantized_values(x, spec, tp, &absmax);
     const bool fused = cpu::fusable(x), keep_input = fused && x.is_leaf();
     ctx->saved_data["clip"] = spec.ste_clip;
-    ctx->saved_data["from_input"] = keep_input;
     if (spec.ste_clip <= 0 || absmax <= spec.ste_clip)
       ;  // nothing is clipped: plain straight-through
     else if (keep_input)
@@ -156,7 +155,7 @@ struct StraightThroughQuantize : torch::autograd::Function<StraightThroughQuanti
     torch::Tensor grad = grads[0];
     if (saved.empty())
       ;  // plain straight-through
-    else if (ctx->saved_data["from_input"].toBool())
+    else if (saved[0].scalar_type() != torch::kBool)  // the parameter itself, not a mask
       grad = cpu::clipped_straight_through(grad, saved[0], clip);
     else if (cpu::fusable(grad))
       grad = cpu::masked_straight_through(grad, saved[0]);
