@@ -210,6 +210,36 @@ TEST_F(ConfigTest, DuplicateKeysNameFileKeyAndBothLines) {
   }
 }
 
+TEST_F(ConfigTest, AliasesReadTheAnchoredValueAndOverridesDoNotWriteThroughThem) {
+  const std::string text = "parallel:\n  tp: &n 4\nruntime:\n  threads: *n\n";
+  auto c = config::load<QforgeConfig>(write("c.yaml", text), {});
+  EXPECT_EQ(c.parallel.tp, 4);
+  EXPECT_EQ(c.runtime.threads, 4);
+  c = config::load<QforgeConfig>(write("c.yaml", text), {"parallel.tp=2"});
+  EXPECT_EQ(c.parallel.tp, 2);
+  EXPECT_EQ(c.runtime.threads, 4);  // the anchor's other alias keeps the file's value
+  c = config::load<QforgeConfig>(write("c.yaml", "log: &l\n  level: debug\n"), {"log.file=x.log", "parallel.tp=1"});
+  EXPECT_EQ(c.log.level, "debug");  // an override of one key keeps the section's others
+  EXPECT_EQ(c.log.file, "x.log");
+  EXPECT_EQ(c.parallel.tp, 1);
+}
+
+TEST_F(ConfigTest, AnAliasInsideItsOwnAnchorIsNamedAndNestedAliasesAreCheckedOnce) {
+  EXPECT_EQ(error_of("log: {}\nlists: &a\n  more: *a\n"),
+            (dir_ / "c.yaml").string() +
+                ":2: 'lists.more' is an alias of a node that contains it; a config must "
+                "not contain itself");
+  // Ten levels of ten aliases each name 10^10 leaves: walked alias by alias this would not finish.
+  std::string text = "a: &a0 [1, 2]\n";
+  for (int level = 1; level <= 10; ++level) {
+    const std::string previous = fmt::format("*a{}", level - 1);
+    text += fmt::format("a{}: &a{} [{}]\n", level, level, fmt::join(std::vector<std::string>(10, previous), ", "));
+  }
+  EXPECT_NE(error_of(text).find("c.yaml:1: unknown key 'a'"), std::string::npos) << error_of(text);
+  EXPECT_NE(error_of("log: {level: &x debug}\nparallel: {tp: 2}\nlog: {level: *x}\n").find("duplicate key 'log'"),
+            std::string::npos);
+}
+
 TEST_F(ConfigTest, OptimizerRangesNameTheKey) {
   EXPECT_EQ(error_of("", {"train.beta1=1.5"}), "--set train.beta1=1.5: key 'train.beta1' must be in [0, 1), got '1.5'");
   EXPECT_NE(error_of("", {"train.beta2=1"}).find("key 'train.beta2' must be in [0, 1)"), std::string::npos);

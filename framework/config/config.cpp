@@ -26,32 +26,82 @@ std::vector<std::string> split_key_path(const std::string& path, const std::stri
   }
 }
 
-void set_key_path(YAML::Node node, const std::vector<std::string>& parts, std::size_t index, const YAML::Node& value) {
-  const std::string& key = parts[index];
-  if (index + 1 == parts.size()) {
-    node[key] = value;
-    return;
-  }
-  if (!node[key].IsMap()) node[key] = YAML::Node(YAML::NodeType::Map);
-  set_key_path(node[key], parts, index + 1, value);
+// A copy of the mapping `node` whose values are the same nodes (a fresh node of its own when `node` is not a
+// mapping). An anchored node is one node wherever an alias names it: assigning through it would change every alias.
+YAML::Node own_mapping(const YAML::Node& node) {
+  YAML::Node copy(YAML::NodeType::Map);
+  if (node.IsDefined() && node.IsMap())
+    for (auto it = node.begin(); it != node.end(); ++it) copy.force_insert(it->first, it->second);
+  return copy;
 }
 
+// `node` with parts[index..] set to `value`: every mapping on the path is copied, so that an override never writes
+// through an alias into the anchor or its other aliases.
+YAML::Node with_key_path(const YAML::Node& node, const std::vector<std::string>& parts, std::size_t index,
+                         const YAML::Node& value) {
+  YAML::Node copy = own_mapping(node);
+  const std::string& key = parts[index];
+  const YAML::Node existing = static_cast<const YAML::Node&>(copy)[key];  // const: a missing key adds nothing
+  YAML::Node child = index + 1 == parts.size() ? value : with_key_path(existing, parts, index + 1, value);
+  copy.remove(key);
+  copy.force_insert(key, child);
+  return copy;
+}
+
+// The mappings and lists already seen, by identity (an alias is the anchored node itself): keyed by position in
+// the file, where two different nodes rarely start, then compared with YAML::Node::is.
+class NodeSet {
+ public:
+  bool contains(const YAML::Node& node) const {
+    auto found = nodes_.find(node.Mark().pos);
+    if (found == nodes_.end()) return false;
+    for (const YAML::Node& seen : found->second)
+      if (seen.is(node)) return true;
+    return false;
+  }
+  void insert(const YAML::Node& node) { nodes_[node.Mark().pos].push_back(node); }
+  void erase(const YAML::Node& node) {
+    std::vector<YAML::Node>& same_place = nodes_[node.Mark().pos];
+    for (auto it = same_place.begin(); it != same_place.end(); ++it)
+      if (it->is(node)) {
+        same_place.erase(it);
+        return;
+      }
+  }
+
+ private:
+  std::map<int, std::vector<YAML::Node>> nodes_;
+};
+
 // yaml-cpp keeps every pair of a mapping and node[key] finds the first: a key written twice would silently take
-// its first value. Throws naming the file, the key path and both lines.
-void check_no_duplicate_keys(const YAML::Node& node, const std::string& file, const std::string& prefix) {
+// its first value. Throws naming the file, the key path and both lines. Each node is checked once however many
+// aliases name it (nested aliases would otherwise cost exponential time), and an alias inside the node it names
+// (a structure that contains itself, which no config can mean) is an error naming its line.
+void check_no_duplicate_keys(const YAML::Node& node, const std::string& file, const std::string& prefix, NodeSet& open,
+                             NodeSet& checked) {
+  if (!node.IsMap() && !node.IsSequence()) return;
+  if (open.contains(node))
+    throw ConfigError(
+        fmt::format("{}:{}: '{}' is an alias of a node that contains it; a config must not contain itself", file,
+                    node.Mark().line + 1, prefix.substr(0, prefix.size() - 1)));
+  if (checked.contains(node)) return;
+  open.insert(node);
   if (node.IsSequence())
     for (std::size_t i = 0; i < node.size(); ++i)
-      check_no_duplicate_keys(node[i], file, fmt::format("{}[{}].", prefix.substr(0, prefix.size() - 1), i));
-  if (!node.IsMap()) return;
+      check_no_duplicate_keys(node[i], file, fmt::format("{}[{}].", prefix.substr(0, prefix.size() - 1), i), open,
+                              checked);
   std::map<std::string, int> lines;
-  for (auto it = node.begin(); it != node.end(); ++it) {
-    const std::string key = it->first.IsScalar() ? it->first.Scalar() : std::string("?");
-    const int line = it->first.Mark().line + 1;
-    if (auto [first, inserted] = lines.emplace(key, line); !inserted)
-      throw ConfigError(fmt::format("{}:{}: duplicate key '{}' (first at line {}); write each key once", file,
-                                    line, prefix + key, first->second));
-    check_no_duplicate_keys(it->second, file, prefix + key + ".");
-  }
+  if (node.IsMap())
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      const std::string key = it->first.IsScalar() ? it->first.Scalar() : std::string("?");
+      const int line = it->first.Mark().line + 1;
+      if (auto [first, inserted] = lines.emplace(key, line); !inserted)
+        throw ConfigError(fmt::format("{}:{}: duplicate key '{}' (first at line {}); write each key once", file, line,
+                                      prefix + key, first->second));
+      check_no_duplicate_keys(it->second, file, prefix + key + ".", open, checked);
+    }
+  open.erase(node);
+  checked.insert(node);
 }
 
 YAML::Node parse_file(const std::string& file) {
@@ -65,7 +115,8 @@ YAML::Node parse_file(const std::string& file) {
   try {
     YAML::Node tree = YAML::Load(in);
     if (tree.IsNull()) return YAML::Node(YAML::NodeType::Map);
-    check_no_duplicate_keys(tree, file, "");
+    NodeSet open, checked;
+    check_no_duplicate_keys(tree, file, "", open, checked);
     if (!tree.IsMap())
       throw ConfigError(fmt::format("{}:{}: the config file must be a mapping of keys at the top level", file,
                                     tree.Mark().line + 1));
@@ -92,7 +143,7 @@ YAML::Node load_tree(const std::string& file, const std::vector<std::string>& ov
     } catch (const YAML::Exception& e) {
       throw ConfigError(fmt::format("{}: the value is not valid YAML: {}", option, e.msg));
     }
-    set_key_path(tree, split_key_path(path, option), 0, value);
+    tree.reset(with_key_path(tree, split_key_path(path, option), 0, value));  // reset: rebind, never write through
     origins[path] = option;
   }
   return tree;
