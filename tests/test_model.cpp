@@ -118,6 +118,7 @@ TEST(TensorParallel, GradientsMatchTheUnshardedModel) {
 // The fused fp32 backward passes of RMSNorm and SwiGLU against autograd through the same operations in fp64 (an
 // independent computation of the same gradients): values equal to libtorch's, gradients within fp32 rounding.
 constexpr double kFusedGradRelTol = 1e-5;  // of the largest gradient entry; fp32 against fp64
+constexpr double kFusedForwardRelTol = 1e-6;  // of the largest output; fp32 against fp32 summed in another order
 TEST(TrainingGrads, RmsNormAndSwigluMatchAutogradInDouble) {
   auto check = [](const torch::Tensor& ours, const torch::Tensor& reference, const char* what) {
     const double scale = reference.abs().max().item<double>();
@@ -157,6 +158,70 @@ TEST(TrainingGrads, RmsNormAndSwigluMatchAutogradInDouble) {
   (torch::silu(g64) * u64 * dh.to(torch::kDouble)).sum().backward();
   check(g.grad(), g64.grad(), "SwiGLU dgate");
   check(u.grad(), u64.grad(), "SwiGLU dup");
+}
+
+// Under TrainingKernels the RMSNorm forward is one fused pass: within kFusedForwardRelTol of libtorch's value
+// (the mean of squares is summed in another order), with and without gradients, and its gradients still match
+// fp64 autograd; the guard ends with its scope.
+TEST(TrainingGrads, RmsNormFusedForwardUnderTrainingKernels) {
+  torch::manual_seed(5);
+  torch::Tensor x = (torch::randn({4, 6, 96}) * 3).requires_grad_(true), w = torch::randn({96}).requires_grad_(true);
+  const torch::Tensor dy = torch::randn({4, 6, 96});
+  torch::Tensor expected;
+  {
+    torch::NoGradGuard no_grad;
+    expected = w * (x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-5));
+  }
+  const double scale = expected.abs().max().item<double>();
+  torch::Tensor y, y_no_grad;
+  {
+    const TrainingKernels training;
+    EXPECT_TRUE(TrainingKernels::active());
+    y = rms_norm(x, w, 1e-5);
+    torch::NoGradGuard no_grad;
+    y_no_grad = rms_norm(x, w, 1e-5);
+  }
+  EXPECT_FALSE(TrainingKernels::active());
+  EXPECT_LE((y.detach() - expected).abs().max().item<double>(), kFusedForwardRelTol * scale);
+  EXPECT_TRUE(torch::equal(y.detach(), y_no_grad)) << "one kernel with and without gradients";
+  EXPECT_FALSE(torch::equal(y.detach(), expected)) << "the guard chose the fused pass (its rounding differs)";
+  (y * dy).sum().backward();
+  torch::Tensor x64 = x.detach().to(torch::kDouble).requires_grad_(true),
+                w64 = w.detach().to(torch::kDouble).requires_grad_(true);
+  (w64 * (x64 * torch::rsqrt(x64.pow(2).mean(-1, true) + 1e-5)) * dy.to(torch::kDouble)).sum().backward();
+  for (const auto& [ours, reference] : {std::pair{x.grad(), x64.grad()}, std::pair{w.grad(), w64.grad()}}) {
+    const double largest = reference.abs().max().item<double>();
+    EXPECT_LE((ours.to(torch::kDouble) - reference).abs().max().item<double>(), kFusedGradRelTol * largest);
+  }
+}
+
+// RoPE's fused passes round as libtorch's operations do: the forward and both gradients are compared for
+// equality with autograd through rotate_half's operations, on a transposed view as the attention passes it, per
+// batch tables and tables shared by the batch; fp64 autograd is the independent check of the gradient.
+TEST(TrainingGrads, RotaryEqualsTheOperationsBitForBit) {
+  torch::manual_seed(4);
+  const int64_t batch = 2, heads = 3, length = 7, dim = 16;
+  for (const int64_t table_batch : {batch, int64_t{1}}) {
+    const torch::Tensor angles = torch::rand({table_batch, 1, length, dim}) * 6;
+    const torch::Tensor cos = angles.cos(), sin = angles.sin();
+    const torch::Tensor base = torch::randn({batch, length, heads, dim}) * 3;
+    torch::Tensor x = base.clone().requires_grad_(true), x_ops = base.clone().requires_grad_(true);
+    const torch::Tensor dy = torch::randn({batch, heads, length, dim});
+    torch::Tensor y = rotary(x.transpose(1, 2), cos, sin);
+    torch::Tensor y_ops = x_ops.transpose(1, 2) * cos + rotate_half(x_ops.transpose(1, 2)) * sin;
+    EXPECT_TRUE(torch::equal(y, y_ops)) << "forward, tables of batch " << table_batch;
+    EXPECT_TRUE(y.is_contiguous());
+    (y * dy).sum().backward();
+    (y_ops * dy).sum().backward();
+    EXPECT_TRUE(torch::equal(x.grad(), x_ops.grad())) << "gradient, tables of batch " << table_batch;
+    torch::Tensor x64 = base.to(torch::kDouble).requires_grad_(true);
+    const torch::Tensor c64 = cos.to(torch::kDouble), s64 = sin.to(torch::kDouble);
+    ((x64.transpose(1, 2) * c64 + rotate_half(x64.transpose(1, 2)) * s64) * dy.to(torch::kDouble)).sum().backward();
+    const double scale = x64.grad().abs().max().item<double>();
+    EXPECT_LE((x.grad().to(torch::kDouble) - x64.grad()).abs().max().item<double>(), kFusedGradRelTol * scale);
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(torch::equal(rotary(base.transpose(1, 2), cos, sin), y_ops)) << "without gradients";
+  }
 }
 
 TEST(Precision, Bfloat16LogitsStayCloseToFp32UnderTp) {

@@ -2,6 +2,11 @@
 
 #include "framework/model/training_grads_cpu.h"
 
+#include <optional>
+#include <tuple>
+#include <utility>
+#include <vector>
+
 namespace qforge::model {
 namespace {
 
@@ -21,11 +26,37 @@ bool fused_backward(std::initializer_list<torch::Tensor> tensors) {
 
 torch::Tensor rms_scale(const torch::Tensor& x, double eps) { return torch::rsqrt(x.pow(2).mean(-1, true) + eps); }
 
+thread_local int training_kernels_depth = 0;
+
+// The fused forward: y and the per-row scale r ([..., 1]) in one pass over contiguous fp32 CPU tensors.
+std::pair<torch::Tensor, torch::Tensor> fused_rms_norm(const torch::Tensor& x, const torch::Tensor& weight,
+                                                       double eps) {
+  const torch::Tensor xc = x.contiguous(), wc = weight.contiguous();
+  const int64_t n = x.size(-1);
+  std::vector<int64_t> row_shape = x.sizes().vec();
+  row_shape.back() = 1;
+  torch::Tensor y = torch::empty(x.sizes(), x.options()), r = torch::empty(row_shape, x.options());
+  cpu::rms_norm_forward(xc.data_ptr<float>(), wc.data_ptr<float>(), x.numel() / n, n, static_cast<float>(eps),
+                        y.data_ptr<float>(), r.data_ptr<float>());
+  return {y, r};
+}
+
+bool fused_forward(const torch::Tensor& x, const torch::Tensor& weight) {
+  return TrainingKernels::active() && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
+         weight.device().is_cpu() && weight.scalar_type() == torch::kFloat && x.numel() > 0;
+}
+
 struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-    torch::Tensor r = rms_scale(x, eps);
+    torch::Tensor y, r;
+    if (fused_forward(x, weight)) {
+      std::tie(y, r) = fused_rms_norm(x, weight, eps);
+    } else {
+      r = rms_scale(x, eps);
+      y = weight * (x * r);
+    }
     ctx->save_for_backward({x, weight, r});
-    return weight * (x * r);
+    return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -56,10 +87,69 @@ struct SwigluFunction : torch::autograd::Function<SwigluFunction> {
   }
 };
 
+// The strides rotary_forward reads, when the fused kernels apply to x and the tables.
+std::optional<cpu::RotaryShape> rotary_shape(const torch::Tensor& x, const torch::Tensor& cos,
+                                             const torch::Tensor& sin) {
+  for (const torch::Tensor* t : {&x, &cos, &sin})
+    if (!t->device().is_cpu() || t->scalar_type() != torch::kFloat || t->dim() != 4 || t->stride(3) != 1)
+      return std::nullopt;
+  const int64_t batch = x.size(0), length = x.size(2), dim = x.size(3);
+  if (dim % 2 != 0 || cos.sizes() != sin.sizes() || cos.strides() != sin.strides() || cos.size(1) != 1 ||
+      cos.size(2) != length || cos.size(3) != dim || (cos.size(0) != batch && cos.size(0) != 1))
+    return std::nullopt;
+  const int64_t table_b = cos.size(0) == 1 ? 0 : cos.stride(0);
+  return cpu::RotaryShape{batch, x.size(1), length, dim, x.stride(0), x.stride(1), x.stride(2), table_b, cos.stride(2)};
+}
+
+torch::Tensor rotary_values(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                            const cpu::RotaryShape& shape) {
+  torch::Tensor y = torch::empty(x.sizes(), x.options());
+  cpu::rotary_forward(x.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), shape, y.data_ptr<float>());
+  return y;
+}
+
+struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin) {
+    const cpu::RotaryShape shape = *rotary_shape(x, cos, sin);
+    ctx->save_for_backward({cos, sin});
+    return rotary_values(x, cos, sin, shape);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor dy = grads[0].contiguous();
+    // dy is contiguous [B, H, T, d]: the shape's x strides are not read by the backward pass.
+    cpu::RotaryShape shape = *rotary_shape(dy, saved[0], saved[1]);
+    torch::Tensor dx = torch::empty(dy.sizes(), dy.options());
+    cpu::rotary_backward(dy.data_ptr<float>(), saved[0].data_ptr<float>(), saved[1].data_ptr<float>(), shape,
+                         dx.data_ptr<float>());
+    return {dx, torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const std::optional<cpu::RotaryShape> shape = rotary_shape(x, cos, sin);
+  if (!shape) return x * cos + rotate_half(x) * sin;
+  if (torch::GradMode::is_enabled() && (cos.requires_grad() || sin.requires_grad()))
+    return x * cos + rotate_half(x) * sin;
+  if (torch::GradMode::is_enabled() && x.requires_grad()) return RotaryFunction::apply(x, cos, sin);
+  return rotary_values(x, cos, sin, *shape);
+}
+
+TrainingKernels::TrainingKernels() { ++training_kernels_depth; }
+TrainingKernels::~TrainingKernels() { --training_kernels_depth; }
+bool TrainingKernels::active() { return training_kernels_depth > 0; }
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   if (fused_backward({x, weight})) return RmsNormFunction::apply(x, weight, eps);
+  if (fused_forward(x, weight)) return fused_rms_norm(x, weight, eps).first;
   return weight * (x * rms_scale(x, eps));
 }
 

@@ -1,12 +1,29 @@
-// Built with -fno-trapping-math -fno-math-errno so that the loops vectorize (the results are the same).
+// Built with -fno-trapping-math -fno-math-errno so that the loops vectorize (the results are the same), and with
+// -ffp-contract=off: a product and a sum stay two roundings, as in libtorch's separate operations.
 #include "framework/model/training_grads_cpu.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace qforge::model::cpu {
+
+void rms_norm_forward(const float* x, const float* w, int64_t rows, int64_t n, float eps, float* y, float* r) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 14) / n), [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const float* xr = x + row * n;
+      float* yr = y + row * n;
+      float squares = 0;
+#pragma omp simd reduction(+ : squares)
+      for (int64_t i = 0; i < n; ++i) squares += xr[i] * xr[i];
+      const float rr = 1.0f / std::sqrt(squares / static_cast<float>(n) + eps);
+      r[row] = rr;
+      for (int64_t i = 0; i < n; ++i) yr[i] = w[i] * (xr[i] * rr);
+    }
+  });
+}
 
 void rms_norm_backward(const float* dy, const float* x, const float* r, const float* w, int64_t rows, int64_t n,
                        float* dx, float* dw) {
@@ -44,6 +61,36 @@ void swiglu_backward(const float* dh, const float* g, const float* u, const floa
       const float slope = sigma * (1.0f + g[i] * (1.0f - sigma));
       dg[i] = dh[i] * u[i] * slope;
       du[i] = dh[i] * s[i];
+    }
+  });
+}
+
+void rotary_forward(const float* x, const float* c, const float* s, const RotaryShape& shape, float* y) {
+  const int64_t d = shape.dim, h = d / 2, rows = shape.batch * shape.heads * shape.length;
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 14) / d), [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t t = row % shape.length, k = row / shape.length % shape.heads, b = row / shape.length / shape.heads;
+      const float* xr = x + b * shape.x_b + k * shape.x_h + t * shape.x_t;
+      const float* cr = c + b * shape.c_b + t * shape.c_t;
+      const float* sr = s + b * shape.c_b + t * shape.c_t;
+      float* yr = y + row * d;
+      for (int64_t i = 0; i < h; ++i) yr[i] = xr[i] * cr[i] + -xr[i + h] * sr[i];
+      for (int64_t i = h; i < d; ++i) yr[i] = xr[i] * cr[i] + xr[i - h] * sr[i];
+    }
+  });
+}
+
+void rotary_backward(const float* dy, const float* c, const float* s, const RotaryShape& shape, float* dx) {
+  const int64_t d = shape.dim, h = d / 2, rows = shape.batch * shape.heads * shape.length;
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 14) / d), [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t t = row % shape.length, b = row / shape.length / shape.heads;
+      const float* dyr = dy + row * d;
+      const float* cr = c + b * shape.c_b + t * shape.c_t;
+      const float* sr = s + b * shape.c_b + t * shape.c_t;
+      float* dxr = dx + row * d;
+      for (int64_t i = 0; i < h; ++i) dxr[i] = dyr[i] * cr[i] + dyr[i + h] * sr[i + h];
+      for (int64_t i = h; i < d; ++i) dxr[i] = dyr[i] * cr[i] + -(dyr[i - h] * sr[i - h]);
     }
   });
 }

@@ -83,8 +83,11 @@ void DistributedAdamW::gather_gradients(Bucket& bucket) {
 }
 
 namespace {
-// Sum of squares in fp64, a slice of 2^20 values at a time (an 8 MB temporary, not an fp64 copy of the bucket).
+// Sum of squares in fp64: one pass on the CPU (adamw_cpu.h), elsewhere a slice of 2^20 values at a time (an 8 MB
+// temporary, not an fp64 copy of the bucket).
 double square_sum(const torch::Tensor& values) {
+  if (values.device().is_cpu() && values.is_contiguous())
+    return cpu::square_sum(values.data_ptr<float>(), values.numel());
   constexpr int64_t kPiece = int64_t{1} << 20;
   double total = 0;
   for (int64_t start = 0; start < values.numel(); start += kPiece) {
@@ -141,28 +144,53 @@ void DistributedAdamW::step(double lr, double grad_scale) {
     QF_CHECK(bucket.grad.defined(), "DistributedAdamW::step called before reduce_gradients");
     torch::Tensor& grad = bucket.grad;  // every update below is in place, into buffers allocated once
     if (bucket.master.device().is_cpu()) {
-      const cpu::AdamWScalars scalars{static_cast<float>(grad_scale),
-                                      static_cast<float>(options_.beta1),
-                                      static_cast<float>(options_.beta2),
-                                      static_cast<float>(1 - lr * options_.weight_decay),
-                                      static_cast<float>(std::sqrt(correction2)),
-                                      static_cast<float>(lr / correction1),
-                                      static_cast<float>(options_.eps)};
-      cpu::adamw_update(bucket.master.data_ptr<float>(), bucket.exp_avg.data_ptr<float>(),
-                        bucket.exp_avg_sq.data_ptr<float>(), grad.contiguous().data_ptr<float>(), bucket.owned_size,
-                        scalars);
-    } else {
-      if (grad_scale != 1.0) grad.mul_(grad_scale);
-      bucket.exp_avg.mul_(options_.beta1).add_(grad, 1 - options_.beta1);
-      bucket.exp_avg_sq.mul_(options_.beta2).addcmul_(grad, grad, 1 - options_.beta2);
-      if (options_.weight_decay != 0) bucket.master.mul_(1 - lr * options_.weight_decay);
-      torch::Tensor denom = scratch(bucket.owned_size);
-      torch::sqrt_out(denom, bucket.exp_avg_sq).div_(std::sqrt(correction2)).add_(options_.eps);
-      bucket.master.addcdiv_(bucket.exp_avg, denom, -lr / correction1);
+      cpu_step(bucket, lr, grad_scale, correction1, correction2);
+      continue;
     }
+    if (grad_scale != 1.0) grad.mul_(grad_scale);
+    bucket.exp_avg.mul_(options_.beta1).add_(grad, 1 - options_.beta1);
+    bucket.exp_avg_sq.mul_(options_.beta2).addcmul_(grad, grad, 1 - options_.beta2);
+    if (options_.weight_decay != 0) bucket.master.mul_(1 - lr * options_.weight_decay);
+    torch::Tensor denom = scratch(bucket.owned_size);
+    torch::sqrt_out(denom, bucket.exp_avg_sq).div_(std::sqrt(correction2)).add_(options_.eps);
+    bucket.master.addcdiv_(bucket.exp_avg, denom, -lr / correction1);
     bucket.grad = torch::Tensor();
     refresh_parameters(bucket);
   }
+}
+
+// One pass per parameter when this rank owns the whole bucket: the update is written to the master and to the
+// parameter, and the gradient (the bucket itself, reduced in place) zeroed as it is read. Under ZeRO the owned
+// slice is updated in one pass and all-gathered into the parameters.
+void DistributedAdamW::cpu_step(Bucket& bucket, double lr, double grad_scale, double correction1, double correction2) {
+  const cpu::AdamWScalars scalars{static_cast<float>(grad_scale),
+                                  static_cast<float>(options_.beta1),
+                                  static_cast<float>(options_.beta2),
+                                  static_cast<float>(1 - lr * options_.weight_decay),
+                                  static_cast<float>(std::sqrt(correction2)),
+                                  static_cast<float>(lr / correction1),
+                                  static_cast<float>(options_.eps)};
+  torch::Tensor grad = bucket.grad.contiguous();
+  const bool in_flat = grad.data_ptr() == bucket.flat.data_ptr();
+  float *master = bucket.master.data_ptr<float>(), *m = bucket.exp_avg.data_ptr<float>();
+  float *v = bucket.exp_avg_sq.data_ptr<float>(), *g = grad.data_ptr<float>();
+  bucket.grad = torch::Tensor();
+  if (bucket.owned_size != bucket.size) {
+    cpu::adamw_update(master, m, v, g, bucket.owned_size, scalars, nullptr, false);
+    refresh_parameters(bucket);
+    return;
+  }
+  for (const Segment& s : bucket.segments) {
+    torch::Tensor& param = params_[s.param].param;
+    const bool direct = param.scalar_type() == torch::kFloat && param.device().is_cpu() && param.is_contiguous();
+    float* into = direct ? param.data_ptr<float>() : nullptr;
+    cpu::adamw_update(master + s.offset, m + s.offset, v + s.offset, g + s.offset, s.numel, scalars, into, in_flat);
+    if (direct)
+      param.unsafeGetTensorImpl()->bump_version();  // as copy_ would: an in-place change, seen by autograd
+    else
+      param.detach().view(-1).copy_(bucket.master.narrow(0, s.offset, s.numel));
+  }
+  bucket.zeroed = in_flat;
 }
 
 torch::Tensor DistributedAdamW::scratch(int64_t elements) {
@@ -186,7 +214,8 @@ void DistributedAdamW::refresh_parameters(const Bucket& bucket) {
 void DistributedAdamW::zero_grad() {
   torch::NoGradGuard no_grad;
   for (Bucket& bucket : buckets_) {
-    bucket.flat.zero_();
+    if (!bucket.zeroed) bucket.flat.zero_();
+    bucket.zeroed = false;
     attach_gradients(bucket);
   }
   for (OptimizedParameter& p : params_)

@@ -41,7 +41,8 @@ class DistributedAdamW {
   // summed gradient over the whole job. Collective over TP and DP.
   double reduce_gradients();
   // One AdamW update of the owned slices with the reduced gradients scaled by `grad_scale` (clipping), then
-  // every parameter is refreshed from the masters. Collective over DP.
+  // every parameter is refreshed from the masters. Collective over DP. On the CPU the gradients a step reads in
+  // place are zero afterwards (zero_grad's work done in the same pass).
   void step(double lr, double grad_scale);
   void zero_grad();
 
@@ -70,6 +71,7 @@ class DistributedAdamW {
     torch::Tensor flat;
     torch::Tensor grad;  // [owned_size]: the reduced gradient; a slice of `flat` or of `reduced` below
     torch::Tensor reduced;  // [owned_size], allocated once, only where ZeRO splits over more than one rank
+    bool zeroed = false;    // step() zeroed `flat` as it read it: zero_grad() has nothing left to do
   };
 
   void build_layout(int64_t bucket_elements);
@@ -77,6 +79,8 @@ class DistributedAdamW {
   void gather_gradients(Bucket& bucket);
   double owned_square_norm(const Bucket& bucket) const;
   void refresh_parameters(const Bucket& bucket);
+  // The fused CPU update of one bucket: straight into the parameters when this rank owns the whole bucket.
+  void cpu_step(Bucket& bucket, double lr, double grad_scale, double correction1, double correction2);
   torch::Tensor scratch(int64_t elements);  // the first `elements` of scratch_, grown when needed
 
   std::vector<OptimizedParameter> params_;

@@ -7,6 +7,7 @@
 #include "framework/io/checkpoint_writer.h"
 #include "framework/io/safetensors.h"
 #include "framework/log/log.h"
+#include "framework/model/training_grads.h"
 #include "framework/train/optimizer.h"
 
 #include <fmt/format.h>
@@ -153,6 +154,7 @@ double Trainer::train_step(int64_t step, const MicroStep& micro_step, double& to
   std::vector<int64_t> mine;
   for (size_t i = dp_.rank(); i < samples.size(); i += dp_.size()) mine.push_back(samples[i]);
   double loss_sum = 0;
+  const model::TrainingKernels training_kernels;  // the forward and backward passes below are training's
   for (size_t first = 0; first < mine.size(); first += settings_.micro_batch) {
     const auto begin = mine.begin() + static_cast<std::ptrdiff_t>(first);
     loss_sum += micro_step(std::vector<int64_t>(begin, begin + settings_.micro_batch), tokens);
