@@ -110,9 +110,11 @@ torch::Tensor rotary_values(const torch::Tensor& x, const torch::Tensor& cos, co
 
 struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
-                               const torch::Tensor& sin) {
-    const cpu::RotaryShape shape = *rotary_shape(x, cos, sin);
+                               const torch::Tensor& sin, double scale) {
+    cpu::RotaryShape shape = *rotary_shape(x, cos, sin);
+    shape.scale = static_cast<float>(scale);
     ctx->save_for_backward({cos, sin});
+    ctx->saved_data["scale"] = scale;
     return rotary_values(x, cos, sin, shape);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -120,10 +122,11 @@ struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
     const torch::Tensor dy = grads[0].contiguous();
     // dy is contiguous [B, H, T, d]: the shape's x strides are not read by the backward pass.
     cpu::RotaryShape shape = *rotary_shape(dy, saved[0], saved[1]);
+    shape.scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
     torch::Tensor dx = torch::empty(dy.sizes(), dy.options());
     cpu::rotary_backward(dy.data_ptr<float>(), saved[0].data_ptr<float>(), saved[1].data_ptr<float>(), shape,
                          dx.data_ptr<float>());
-    return {dx, torch::Tensor(), torch::Tensor()};
+    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -134,12 +137,15 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const std::optional<cpu::RotaryShape> shape = rotary_shape(x, cos, sin);
-  if (!shape) return x * cos + rotate_half(x) * sin;
-  if (torch::GradMode::is_enabled() && (cos.requires_grad() || sin.requires_grad()))
-    return x * cos + rotate_half(x) * sin;
-  if (torch::GradMode::is_enabled() && x.requires_grad()) return RotaryFunction::apply(x, cos, sin);
+torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, double scale) {
+  std::optional<cpu::RotaryShape> shape = rotary_shape(x, cos, sin);
+  const bool tables_learn = torch::GradMode::is_enabled() && (cos.requires_grad() || sin.requires_grad());
+  if (!shape || tables_learn) {
+    torch::Tensor y = x * cos + rotate_half(x) * sin;
+    return scale == 1.0 ? y : y * scale;
+  }
+  if (torch::GradMode::is_enabled() && x.requires_grad()) return RotaryFunction::apply(x, cos, sin, scale);
+  shape->scale = static_cast<float>(scale);
   return rotary_values(x, cos, sin, *shape);
 }
 

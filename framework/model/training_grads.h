@@ -29,8 +29,8 @@ torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up);
 // (-x[..., h:], x[..., :h]) for h half of x's last dimension.
 torch::Tensor rotate_half(const torch::Tensor& x);
 
-// x * cos + rotate_half(x) * sin for x [B, H, T, d] and tables [B or 1, 1, T, d]: one pass each way for fp32 CPU
-// tensors (the result contiguous, equal to the operations' bit for bit), those operations otherwise.
-torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+// (x * cos + rotate_half(x) * sin) * scale for x [B, H, T, d] and tables [B or 1, 1, T, d]: one pass each way for
+// fp32 CPU tensors (the result contiguous, equal to the operations' bit for bit), those operations otherwise.
+torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, double scale = 1.0);
 
 }  // namespace qforge::model

@@ -67,6 +67,7 @@ void swiglu_backward(const float* dh, const float* g, const float* u, const floa
 
 void rotary_forward(const float* x, const float* c, const float* s, const RotaryShape& shape, float* y) {
   const int64_t d = shape.dim, h = d / 2, rows = shape.batch * shape.heads * shape.length;
+  const float scale = shape.scale;
   at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 14) / d), [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {
       const int64_t t = row % shape.length, k = row / shape.length % shape.heads, b = row / shape.length / shape.heads;
@@ -76,21 +77,29 @@ void rotary_forward(const float* x, const float* c, const float* s, const Rotary
       float* yr = y + row * d;
       for (int64_t i = 0; i < h; ++i) yr[i] = xr[i] * cr[i] + -xr[i + h] * sr[i];
       for (int64_t i = h; i < d; ++i) yr[i] = xr[i] * cr[i] + xr[i - h] * sr[i];
+      if (scale != 1.0f)
+        for (int64_t i = 0; i < d; ++i) yr[i] *= scale;
     }
   });
 }
 
 void rotary_backward(const float* dy, const float* c, const float* s, const RotaryShape& shape, float* dx) {
   const int64_t d = shape.dim, h = d / 2, rows = shape.batch * shape.heads * shape.length;
+  const float scale = shape.scale;
   at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 14) / d), [&](int64_t first, int64_t last) {
+    std::vector<float> scaled(scale != 1.0f ? static_cast<size_t>(d) : 0);
     for (int64_t row = first; row < last; ++row) {
       const int64_t t = row % shape.length, b = row / shape.length / shape.heads;
-      const float* dyr = dy + row * d;
+      const float* g = dy + row * d;
+      if (scale != 1.0f) {
+        for (int64_t i = 0; i < d; ++i) scaled[static_cast<size_t>(i)] = g[i] * scale;
+        g = scaled.data();
+      }
       const float* cr = c + b * shape.c_b + t * shape.c_t;
       const float* sr = s + b * shape.c_b + t * shape.c_t;
       float* dxr = dx + row * d;
-      for (int64_t i = 0; i < h; ++i) dxr[i] = dyr[i] * cr[i] + dyr[i + h] * sr[i + h];
-      for (int64_t i = h; i < d; ++i) dxr[i] = dyr[i] * cr[i] + -(dyr[i - h] * sr[i - h]);
+      for (int64_t i = 0; i < h; ++i) dxr[i] = g[i] * cr[i] + g[i + h] * sr[i + h];
+      for (int64_t i = h; i < d; ++i) dxr[i] = g[i] * cr[i] + -(g[i - h] * sr[i - h]);
     }
   });
 }

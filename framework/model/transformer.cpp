@@ -190,6 +190,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   if (!tables->matches(positions, head_dim, config_.rope_theta, cached, query_block))
     fill_tables(*tables, positions, head_dim, config_.rope_theta, rope, cached, query_block);
   const AttentionTables& t = *tables;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));  // of the scores, applied to q
+  bool q_scaled = false;
   if (rope && rope_index.defined()) {  // each kv head's channels in their permuted order; q heads follow their kv head
     const int64_t group = local_heads_ / local_kv_heads_;
     torch::Tensor kv_index = rope_index.view({1, local_kv_heads_, 1, head_dim}).expand({batch, -1, length, -1});
@@ -198,8 +200,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     q = q * t.cos.expand_as(q).gather(-1, q_index) + rotate_half(q) * t.sin.expand_as(q).gather(-1, q_index);
     k = k * t.cos.expand_as(k).gather(-1, kv_index) + rotate_half(k) * t.sin.expand_as(k).gather(-1, kv_index);
   } else if (rope) {
-    q = rotary(q, t.cos, t.sin);
+    q = rotary(q, t.cos, t.sin, scale);  // the same roundings as scaling afterwards
     k = rotary(k, t.cos, t.sin);
+    q_scaled = true;
   }
   k = k_cache_site(k);
   v = v_cache_site(v);
@@ -215,7 +218,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     k = k.repeat_interleave(local_heads_ / local_kv_heads_, 1);
     v = v.repeat_interleave(local_heads_ / local_kv_heads_, 1);
   }
-  q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  if (!q_scaled) q = q * scale;
   std::vector<torch::Tensor> blocks;
   for (size_t b = 0; b < t.block_keys.size(); ++b) {
     const int64_t start = static_cast<int64_t>(b) * t.query_block, count = std::min(t.query_block, length - start);
