@@ -219,13 +219,18 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     v = v.repeat_interleave(local_heads_ / local_kv_heads_, 1);
   }
   if (!q_scaled) q = q * scale;
+  // Views chosen for the backward pass: q's blocks by one split (its gradient is one concatenation), and k and v
+  // whole where a block sees every key (a narrowed view's gradient is a zero-filled full tensor to accumulate).
+  const std::vector<torch::Tensor> q_blocks =
+      t.block_keys.size() == 1 ? std::vector<torch::Tensor>{q} : q.split(t.query_block, 2);
+  auto first_keys = [](const torch::Tensor& x, int64_t keys) { return keys == x.size(2) ? x : x.narrow(2, 0, keys); };
   std::vector<torch::Tensor> blocks;
   for (size_t b = 0; b < t.block_keys.size(); ++b) {
     const int64_t start = static_cast<int64_t>(b) * t.query_block, count = std::min(t.query_block, length - start);
     const int64_t keys = t.block_keys[b];
     const torch::Tensor mask = t.triangle ? t.mask.narrow(0, start, count).narrow(1, 0, keys)
                                           : t.mask.narrow(2, start, count).narrow(3, 0, keys);
-    blocks.push_back(attend(q.narrow(2, start, count), k.narrow(2, 0, keys), v.narrow(2, 0, keys), mask, probs_site));
+    blocks.push_back(attend(q_blocks[b], first_keys(k, keys), first_keys(v, keys), mask, probs_site));
   }
   torch::Tensor context = (blocks.size() == 1 ? blocks[0] : torch::cat(blocks, 2))
                               .transpose(1, 2)
