@@ -88,8 +88,8 @@ struct SwigluFunction : torch::autograd::Function<SwigluFunction> {
 };
 
 // The strides rotary_forward reads, when the fused kernels apply to x and the tables.
-std::optional<cpu::RotaryShape> rotary_shape(const torch::Tensor& x, const torch::Tensor& cos,
-                                             const torch::Tensor& sin) {
+std::optional<cpu::RotaryShape> rotary_shape(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                             double scale) {
   for (const torch::Tensor* t : {&x, &cos, &sin})
     if (!t->device().is_cpu() || t->scalar_type() != torch::kFloat || t->dim() != 4 || t->stride(3) != 1)
       return std::nullopt;
@@ -98,7 +98,9 @@ std::optional<cpu::RotaryShape> rotary_shape(const torch::Tensor& x, const torch
       cos.size(2) != length || cos.size(3) != dim || (cos.size(0) != batch && cos.size(0) != 1))
     return std::nullopt;
   const int64_t table_b = cos.size(0) == 1 ? 0 : cos.stride(0);
-  return cpu::RotaryShape{batch, x.size(1), length, dim, x.stride(0), x.stride(1), x.stride(2), table_b, cos.stride(2)};
+  const auto scale_f = static_cast<float>(scale);
+  return cpu::RotaryShape{batch,       x.size(1),   length,  dim,           x.stride(0),
+                          x.stride(1), x.stride(2), table_b, cos.stride(2), scale_f};
 }
 
 torch::Tensor rotary_values(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -111,8 +113,7 @@ torch::Tensor rotary_values(const torch::Tensor& x, const torch::Tensor& cos, co
 struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
                                const torch::Tensor& sin, double scale) {
-    cpu::RotaryShape shape = *rotary_shape(x, cos, sin);
-    shape.scale = static_cast<float>(scale);
+    const cpu::RotaryShape shape = *rotary_shape(x, cos, sin, scale);
     ctx->save_for_backward({cos, sin});
     ctx->saved_data["scale"] = scale;
     return rotary_values(x, cos, sin, shape);
@@ -121,8 +122,7 @@ struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor dy = grads[0].contiguous();
     // dy is contiguous [B, H, T, d]: the shape's x strides are not read by the backward pass.
-    cpu::RotaryShape shape = *rotary_shape(dy, saved[0], saved[1]);
-    shape.scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    const cpu::RotaryShape shape = *rotary_shape(dy, saved[0], saved[1], ctx->saved_data["scale"].toDouble());
     torch::Tensor dx = torch::empty(dy.sizes(), dy.options());
     cpu::rotary_backward(dy.data_ptr<float>(), saved[0].data_ptr<float>(), saved[1].data_ptr<float>(), shape,
                          dx.data_ptr<float>());
@@ -138,14 +138,13 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 }
 
 torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, double scale) {
-  std::optional<cpu::RotaryShape> shape = rotary_shape(x, cos, sin);
+  const std::optional<cpu::RotaryShape> shape = rotary_shape(x, cos, sin, scale);
   const bool tables_learn = torch::GradMode::is_enabled() && (cos.requires_grad() || sin.requires_grad());
   if (!shape || tables_learn) {
     torch::Tensor y = x * cos + rotate_half(x) * sin;
     return scale == 1.0 ? y : y * scale;
   }
   if (torch::GradMode::is_enabled() && x.requires_grad()) return RotaryFunction::apply(x, cos, sin, scale);
-  shape->scale = static_cast<float>(scale);
   return rotary_values(x, cos, sin, *shape);
 }
 

@@ -170,27 +170,27 @@ void DistributedAdamW::cpu_step(Bucket& bucket, double lr, double grad_scale, do
                                   static_cast<float>(std::sqrt(correction2)),
                                   static_cast<float>(lr / correction1),
                                   static_cast<float>(options_.eps)};
-  torch::Tensor grad = bucket.grad.contiguous();
-  const bool in_flat = grad.data_ptr() == bucket.flat.data_ptr();
   float *master = bucket.master.data_ptr<float>(), *m = bucket.exp_avg.data_ptr<float>();
-  float *v = bucket.exp_avg_sq.data_ptr<float>(), *g = grad.data_ptr<float>();
-  bucket.grad = torch::Tensor();
-  if (bucket.owned_size != bucket.size) {
-    cpu::adamw_update(master, m, v, g, bucket.owned_size, scalars, nullptr, false);
+  float* v = bucket.exp_avg_sq.data_ptr<float>();
+  if (bucket.owned_size != bucket.size) {  // the reduced slice (`reduced`)
+    cpu::adamw_update(master, m, v, bucket.grad.data_ptr<float>(), bucket.owned_size, scalars, nullptr, false);
+    bucket.grad = torch::Tensor();
     refresh_parameters(bucket);
     return;
   }
+  float* g = bucket.flat.data_ptr<float>();  // a whole bucket is reduced in place: its gradient is `flat`
+  bucket.grad = torch::Tensor();
   for (const Segment& s : bucket.segments) {
     torch::Tensor& param = params_[s.param].param;
     const bool direct = param.scalar_type() == torch::kFloat && param.device().is_cpu() && param.is_contiguous();
     float* into = direct ? param.data_ptr<float>() : nullptr;
-    cpu::adamw_update(master + s.offset, m + s.offset, v + s.offset, g + s.offset, s.numel, scalars, into, in_flat);
+    cpu::adamw_update(master + s.offset, m + s.offset, v + s.offset, g + s.offset, s.numel, scalars, into, true);
     if (direct)
       param.unsafeGetTensorImpl()->bump_version();  // as copy_ would: an in-place change, seen by autograd
     else
       param.detach().view(-1).copy_(bucket.master.narrow(0, s.offset, s.numel));
   }
-  bucket.zeroed = in_flat;
+  bucket.zeroed = true;
 }
 
 torch::Tensor DistributedAdamW::scratch(int64_t elements) {
