@@ -200,30 +200,42 @@ TEST(TrainingGrads, RmsNormFusedForwardUnderTrainingKernels) {
 // batch tables and tables shared by the batch; fp64 autograd is the independent check of the gradient.
 TEST(TrainingGrads, RotaryEqualsTheOperationsBitForBit) {
   torch::manual_seed(4);
-  const int64_t batch = 2, heads = 3, length = 7, dim = 16;
+  const int64_t batch = 2, heads = 4, length = 7, dim = 16;
   const double score_scale = 1.0 / std::sqrt(128.0);  // not a power of 2: its product rounds
-  for (const auto& [table_batch, scale] : {std::pair{batch, 1.0}, std::pair{int64_t{1}, score_scale}}) {
-    const std::string where = fmt::format("tables of batch {}, scale {}", table_batch, scale);
-    const torch::Tensor angles = torch::rand({table_batch, 1, length, dim}) * 6;
+  struct Case {
+    int64_t table_batch;
+    double scale;
+    int64_t group;  // query heads per key/value head: the result's rows interleave them
+  };
+  for (const Case& c : {Case{batch, 1.0, 1}, Case{1, score_scale, 1}, Case{1, score_scale, 2}, Case{batch, 1.0, 4}}) {
+    const std::string where = fmt::format("tables of batch {}, scale {}, group {}", c.table_batch, c.scale, c.group);
+    const torch::Tensor angles = torch::rand({c.table_batch, 1, length, dim}) * 6;
     const torch::Tensor cos = angles.cos(), sin = angles.sin();
     const torch::Tensor base = torch::randn({batch, length, heads, dim}) * 3;
     torch::Tensor x = base.clone().requires_grad_(true), x_ops = base.clone().requires_grad_(true);
-    const torch::Tensor dy = torch::randn({batch, heads, length, dim});
-    torch::Tensor y = rotary(x.transpose(1, 2), cos, sin, scale);
-    torch::Tensor y_ops = (x_ops.transpose(1, 2) * cos + rotate_half(x_ops.transpose(1, 2)) * sin) * scale;
+    const torch::Tensor dy = torch::randn({batch, heads / c.group, length * c.group, dim});
+    torch::Tensor y = rotary(x.transpose(1, 2), cos, sin, c.scale, c.group);
+    // The operations, and the heads' interleaving written out: row t G + g of kv head j is head j G + g at t.
+    const torch::Tensor ops = (x_ops.transpose(1, 2) * cos + rotate_half(x_ops.transpose(1, 2)) * sin) * c.scale;
+    torch::Tensor y_ops = ops.reshape({batch, heads / c.group, c.group, length, dim})
+                              .permute({0, 1, 3, 2, 4})
+                              .reshape({batch, heads / c.group, length * c.group, dim});
     EXPECT_TRUE(torch::equal(y, y_ops)) << "forward, " << where;
+    EXPECT_TRUE(torch::equal(y[1][0][c.group * 3 + c.group - 1], ops[1][c.group - 1][3])) << where;
     EXPECT_TRUE(y.is_contiguous());
     (y * dy).sum().backward();
     (y_ops * dy).sum().backward();
     EXPECT_TRUE(torch::equal(x.grad(), x_ops.grad())) << "gradient, " << where;
     torch::Tensor x64 = base.to(torch::kDouble).requires_grad_(true);
     const torch::Tensor c64 = cos.to(torch::kDouble), s64 = sin.to(torch::kDouble);
-    const torch::Tensor y64 = (x64.transpose(1, 2) * c64 + rotate_half(x64.transpose(1, 2)) * s64) * scale;
+    const torch::Tensor y64 =
+        group_heads((x64.transpose(1, 2) * c64 + rotate_half(x64.transpose(1, 2)) * s64) * c.scale, c.group);
     (y64 * dy.to(torch::kDouble)).sum().backward();
     const double largest = x64.grad().abs().max().item<double>();
     EXPECT_LE((x.grad().to(torch::kDouble) - x64.grad()).abs().max().item<double>(), kFusedGradRelTol * largest);
     torch::NoGradGuard no_grad;
-    EXPECT_TRUE(torch::equal(rotary(base.transpose(1, 2), cos, sin, scale), y_ops)) << "without gradients, " << where;
+    EXPECT_TRUE(torch::equal(rotary(base.transpose(1, 2), cos, sin, c.scale, c.group), y_ops))
+        << "without gradients, " << where;
   }
 }
 

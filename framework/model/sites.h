@@ -1,7 +1,8 @@
 // Named places in the model's computation where methods attach: any number of observers (calibration statistics,
 // Hessians) and one transform (a quantizer, a reorder). Every decoder linear has an `input` and a `weight` site,
 // every norm an `output` site, and every attention `q`, `k`, `v` (the projections' outputs [B, heads, T, d],
-// before RoPE), `k_cache`, `v_cache` (after RoPE: what the KV cache stores) and `probs` (softmax probabilities).
+// before RoPE), `k_cache`, `v_cache` (after RoPE: what the KV cache stores) and `probs` (softmax probabilities, a
+// block of queries at a time: [B, kv heads, queries x query heads per kv head, keys], attend() in transformer.cpp).
 //
 // A site passes a tensor through its transform (identity when none is set); observers are then called with the
 // tensor the computation goes on with (after the transform), in the order they were added. Observers see values,

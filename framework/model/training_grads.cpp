@@ -89,44 +89,49 @@ struct SwigluFunction : torch::autograd::Function<SwigluFunction> {
 
 // The strides rotary_forward reads, when the fused kernels apply to x and the tables.
 std::optional<cpu::RotaryShape> rotary_shape(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                                             double scale) {
+                                             double scale, int64_t group) {
   for (const torch::Tensor* t : {&x, &cos, &sin})
     if (!t->device().is_cpu() || t->scalar_type() != torch::kFloat || t->dim() != 4 || t->stride(3) != 1)
       return std::nullopt;
   const int64_t batch = x.size(0), length = x.size(2), dim = x.size(3);
-  if (dim % 2 != 0 || cos.sizes() != sin.sizes() || cos.strides() != sin.strides() || cos.size(1) != 1 ||
-      cos.size(2) != length || cos.size(3) != dim || (cos.size(0) != batch && cos.size(0) != 1))
+  if (dim % 2 != 0 || group < 1 || x.size(1) % group != 0 || cos.sizes() != sin.sizes() ||
+      cos.strides() != sin.strides() || cos.size(1) != 1 || cos.size(2) != length || cos.size(3) != dim ||
+      (cos.size(0) != batch && cos.size(0) != 1))
     return std::nullopt;
   const int64_t table_b = cos.size(0) == 1 ? 0 : cos.stride(0);
   const auto scale_f = static_cast<float>(scale);
-  return cpu::RotaryShape{batch,       x.size(1),   length,  dim,           x.stride(0),
-                          x.stride(1), x.stride(2), table_b, cos.stride(2), scale_f};
+  return cpu::RotaryShape{batch,       x.size(1), length,        dim,     x.stride(0), x.stride(1),
+                          x.stride(2), table_b,   cos.stride(2), scale_f, group};
 }
 
 torch::Tensor rotary_values(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                             const cpu::RotaryShape& shape) {
-  torch::Tensor y = torch::empty(x.sizes(), x.options());
+  const int64_t kv_heads = shape.heads / shape.group;
+  torch::Tensor y = torch::empty({shape.batch, kv_heads, shape.length * shape.group, shape.dim}, x.options());
   cpu::rotary_forward(x.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), shape, y.data_ptr<float>());
   return y;
 }
 
 struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
-                               const torch::Tensor& sin, double scale) {
-    const cpu::RotaryShape shape = *rotary_shape(x, cos, sin, scale);
+                               const torch::Tensor& sin, double scale, int64_t group) {
+    const cpu::RotaryShape shape = *rotary_shape(x, cos, sin, scale, group);
     ctx->save_for_backward({cos, sin});
+    ctx->saved_data["shape"] = std::vector<int64_t>(x.sizes().begin(), x.sizes().end());
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["group"] = group;
     return rotary_values(x, cos, sin, shape);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor dy = grads[0].contiguous();
-    // dy is contiguous [B, H, T, d]: the shape's x strides are not read by the backward pass.
-    const cpu::RotaryShape shape = *rotary_shape(dy, saved[0], saved[1], ctx->saved_data["scale"].toDouble());
-    torch::Tensor dx = torch::empty(dy.sizes(), dy.options());
+    // dx is contiguous [B, H, T, d] and dy laid out as the forward's y: the shape's x strides are not read.
+    const torch::Tensor dx = torch::empty(ctx->saved_data["shape"].toIntVector(), dy.options());
+    const cpu::RotaryShape shape =
+        *rotary_shape(dx, saved[0], saved[1], ctx->saved_data["scale"].toDouble(), ctx->saved_data["group"].toInt());
     cpu::rotary_backward(dy.data_ptr<float>(), saved[0].data_ptr<float>(), saved[1].data_ptr<float>(), shape,
                          dx.data_ptr<float>());
-    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -137,14 +142,22 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, double scale) {
-  const std::optional<cpu::RotaryShape> shape = rotary_shape(x, cos, sin, scale);
+torch::Tensor group_heads(const torch::Tensor& x, int64_t group) {
+  const int64_t batch = x.size(0), heads = x.size(1), length = x.size(2), dim = x.size(3);
+  return x.view({batch, heads / group, group, length, dim})
+      .transpose(2, 3)
+      .reshape({batch, heads / group, length * group, dim});
+}
+
+torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, double scale,
+                     int64_t group) {
+  const std::optional<cpu::RotaryShape> shape = rotary_shape(x, cos, sin, scale, group);
   const bool tables_learn = torch::GradMode::is_enabled() && (cos.requires_grad() || sin.requires_grad());
   if (!shape || tables_learn) {
     torch::Tensor y = x * cos + rotate_half(x) * sin;
-    return scale == 1.0 ? y : y * scale;
+    return group_heads(scale == 1.0 ? y : y * scale, group).contiguous();
   }
-  if (torch::GradMode::is_enabled() && x.requires_grad()) return RotaryFunction::apply(x, cos, sin, scale);
+  if (torch::GradMode::is_enabled() && x.requires_grad()) return RotaryFunction::apply(x, cos, sin, scale, group);
   return rotary_values(x, cos, sin, *shape);
 }
 

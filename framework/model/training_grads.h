@@ -29,8 +29,14 @@ torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up);
 // (-x[..., h:], x[..., :h]) for h half of x's last dimension.
 torch::Tensor rotate_half(const torch::Tensor& x);
 
-// (x * cos + rotate_half(x) * sin) * scale for x [B, H, T, d] and tables [B or 1, 1, T, d]: one pass each way for
-// fp32 CPU tensors (the result contiguous, equal to the operations' bit for bit), those operations otherwise.
-torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, double scale = 1.0);
+// x [B, H, T, d] as [B, H / group, T group, d] (a copy unless group is 1): the `group` query heads that share a
+// key/value head (GQA) interleaved by position, so that one matrix product per key/value head scores them all.
+torch::Tensor group_heads(const torch::Tensor& x, int64_t group);
+
+// group_heads((x * cos + rotate_half(x) * sin) * scale, group) for x [B, H, T, d] and tables [B or 1, 1, T, d]: one
+// pass each way for fp32 CPU tensors (equal to the operations bit for bit), those operations otherwise. The result
+// is contiguous.
+torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, double scale = 1.0,
+                     int64_t group = 1);
 
 }  // namespace qforge::model

@@ -65,15 +65,29 @@ void swiglu_backward(const float* dh, const float* g, const float* u, const floa
   });
 }
 
+namespace {
+
+// Where row `row` of rotary_forward's y lies: batch b, head k, position t.
+struct RotaryRow {
+  int64_t b, k, t;
+};
+RotaryRow rotary_row(const RotaryShape& shape, int64_t row) {
+  const int64_t g = row % shape.group, t = row / shape.group % shape.length, rest = row / shape.group / shape.length;
+  const int64_t kv_heads = shape.heads / shape.group;
+  return {rest / kv_heads, rest % kv_heads * shape.group + g, t};
+}
+
+}  // namespace
+
 void rotary_forward(const float* x, const float* c, const float* s, const RotaryShape& shape, float* y) {
   const int64_t d = shape.dim, h = d / 2, rows = shape.batch * shape.heads * shape.length;
   const float scale = shape.scale;
   at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 14) / d), [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {
-      const int64_t t = row % shape.length, k = row / shape.length % shape.heads, b = row / shape.length / shape.heads;
-      const float* xr = x + b * shape.x_b + k * shape.x_h + t * shape.x_t;
-      const float* cr = c + b * shape.c_b + t * shape.c_t;
-      const float* sr = s + b * shape.c_b + t * shape.c_t;
+      const RotaryRow at = rotary_row(shape, row);
+      const float* xr = x + at.b * shape.x_b + at.k * shape.x_h + at.t * shape.x_t;
+      const float* cr = c + at.b * shape.c_b + at.t * shape.c_t;
+      const float* sr = s + at.b * shape.c_b + at.t * shape.c_t;
       float* yr = y + row * d;
       for (int64_t i = 0; i < h; ++i) yr[i] = xr[i] * cr[i] + -xr[i + h] * sr[i];
       for (int64_t i = h; i < d; ++i) yr[i] = xr[i] * cr[i] + xr[i - h] * sr[i];
@@ -89,15 +103,15 @@ void rotary_backward(const float* dy, const float* c, const float* s, const Rota
   at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 14) / d), [&](int64_t first, int64_t last) {
     std::vector<float> scaled(scale != 1.0f ? static_cast<size_t>(d) : 0);
     for (int64_t row = first; row < last; ++row) {
-      const int64_t t = row % shape.length, b = row / shape.length / shape.heads;
+      const RotaryRow at = rotary_row(shape, row);
       const float* g = dy + row * d;
       if (scale != 1.0f) {
         for (int64_t i = 0; i < d; ++i) scaled[static_cast<size_t>(i)] = g[i] * scale;
         g = scaled.data();
       }
-      const float* cr = c + b * shape.c_b + t * shape.c_t;
-      const float* sr = s + b * shape.c_b + t * shape.c_t;
-      float* dxr = dx + row * d;
+      const float* cr = c + at.b * shape.c_b + at.t * shape.c_t;
+      const float* sr = s + at.b * shape.c_b + at.t * shape.c_t;
+      float* dxr = dx + ((at.b * shape.heads + at.k) * shape.length + at.t) * d;
       for (int64_t i = 0; i < h; ++i) dxr[i] = g[i] * cr[i] + g[i + h] * sr[i + h];
       for (int64_t i = h; i < d; ++i) dxr[i] = g[i] * cr[i] + -(g[i - h] * sr[i - h]);
     }

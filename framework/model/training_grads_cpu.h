@@ -25,19 +25,23 @@ void swiglu_backward(const float* dh, const float* g, const float* u, const floa
 
 // Rotate-half RoPE over rows of d values (d even, h = d / 2): y = (x c + rotate_half(x) s) scale, where
 // rotate_half(x) is (-x[h:], x[:h]), with every product rounded and then added, as libtorch's operations round
-// them (this file is built with -ffp-contract=off): the result equals theirs bit for bit. Row r = ((b H + k) T + t) of
-// the output (b < B, k < H, t < T) reads x at b x_b + k x_h + t x_t and c, s at b c_b + t c_t (the tables broadcast
-// over heads); `y` is contiguous [B, H, T, d].
+// them (this file is built with -ffp-contract=off): the result equals theirs bit for bit. Head k = j G + g of
+// position t in batch b (b < B, j < H / G key/value heads, g < G = group, t < T) reads x at b x_b + k x_h + t x_t
+// and c, s at b c_b + t c_t (the tables broadcast over heads), and is row ((b H / G + j) T + t) G + g of `y`:
+// y is contiguous [B, H / G, T G, d], the G query heads that share a key/value head interleaved by position
+// (group 1: [B, H, T, d]).
 struct RotaryShape {
   int64_t batch, heads, length, dim;
   int64_t x_b, x_h, x_t;  // element strides of x (its last stride is 1)
   int64_t c_b, c_t;       // element strides of c and s (their last stride is 1)
   float scale;            // 1: none (the product is skipped, as it is exact)
+  int64_t group = 1;      // query heads per key/value head (divides heads)
 };
 void rotary_forward(const float* x, const float* c, const float* s, const RotaryShape& shape, float* y);
 
-// The gradient of rotary_forward for contiguous dy [B, H, T, d]: with g = dy scale, dx = g c + rotate_half^T(g s),
-// where rotate_half^T(z) = (z[h:], -z[:h]); dx is contiguous [B, H, T, d] and equals autograd's bit for bit.
+// The gradient of rotary_forward for contiguous dy laid out as its y: with g = dy scale, dx = g c +
+// rotate_half^T(g s), where rotate_half^T(z) = (z[h:], -z[:h]); dx is contiguous [B, H, T, d] and equals
+// autograd's bit for bit.
 void rotary_backward(const float* dy, const float* c, const float* s, const RotaryShape& shape, float* dx);
 
 }  // namespace qforge::model::cpu

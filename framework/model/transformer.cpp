@@ -92,12 +92,14 @@ std::string layer_prefix(const ModelConfig& c, int64_t i) {
   return c.family == Family::kLlama ? fmt::format("model.layers.{}.", i) : fmt::format("model.decoder.layers.{}.", i);
 }
 
-// softmax(q k^T + mask) v for pre-scaled q [B, H, t, d], k and v [B, H, l, d] and an additive mask that
-// broadcasts to [B, H, t, l]: four operations.
+// softmax(q k^T + mask) v for pre-scaled q [B, kv heads, t G, d] (group_heads: G query heads per key/value head,
+// interleaved by position), k and v [B, kv heads, l, d] and an additive mask that broadcasts to [B, 1, t, l]: four
+// operations, one matrix product per key/value head for all of its query heads. The result is [B, kv heads, t G, d].
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask,
-                     const Site& probs) {
+                     int64_t group, const Site& probs) {
   torch::Tensor scores = torch::matmul(q.to(torch::kFloat), k.to(torch::kFloat).transpose(-2, -1));
-  scores.add_(mask);
+  const int64_t batch = scores.size(0), kv_heads = scores.size(1), keys = scores.size(3);
+  scores.view({batch, kv_heads, scores.size(2) / group, group, keys}).add_(mask.unsqueeze(-2));
   return torch::matmul(probs(torch::softmax(scores, -1)).to(v.scalar_type()), v);
 }
 
@@ -191,18 +193,18 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     fill_tables(*tables, positions, head_dim, config_.rope_theta, rope, cached, query_block);
   const AttentionTables& t = *tables;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));  // of the scores, applied to q
-  bool q_scaled = false;
+  const int64_t group = local_heads_ / local_kv_heads_;
+  bool q_done = false;                 // q already scaled and grouped (by the fused RoPE)
   if (rope && rope_index.defined()) {  // each kv head's channels in their permuted order; q heads follow their kv head
-    const int64_t group = local_heads_ / local_kv_heads_;
     torch::Tensor kv_index = rope_index.view({1, local_kv_heads_, 1, head_dim}).expand({batch, -1, length, -1});
     torch::Tensor q_index =
         rope_index.repeat_interleave(group, 0).view({1, local_heads_, 1, head_dim}).expand({batch, -1, length, -1});
     q = q * t.cos.expand_as(q).gather(-1, q_index) + rotate_half(q) * t.sin.expand_as(q).gather(-1, q_index);
     k = k * t.cos.expand_as(k).gather(-1, kv_index) + rotate_half(k) * t.sin.expand_as(k).gather(-1, kv_index);
   } else if (rope) {
-    q = rotary(q, t.cos, t.sin, scale);  // the same roundings as scaling afterwards
+    q = rotary(q, t.cos, t.sin, scale, group);  // the same roundings as scaling afterwards
     k = rotary(k, t.cos, t.sin);
-    q_scaled = true;
+    q_done = true;
   }
   k = k_cache_site(k);
   v = v_cache_site(v);
@@ -214,15 +216,11 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     k = cache_keys->narrow(2, 0, t.keys);
     v = cache_values->narrow(2, 0, t.keys);
   }
-  if (local_heads_ != local_kv_heads_) {
-    k = k.repeat_interleave(local_heads_ / local_kv_heads_, 1);
-    v = v.repeat_interleave(local_heads_ / local_kv_heads_, 1);
-  }
-  if (!q_scaled) q = q * scale;
+  if (!q_done) q = group_heads(q * scale, group);
   // Views chosen for the backward pass: q's blocks by one split (its gradient is one concatenation), and k and v
   // whole where a block sees every key (a narrowed view's gradient is a zero-filled full tensor to accumulate).
   const std::vector<torch::Tensor> q_blocks =
-      t.block_keys.size() == 1 ? std::vector<torch::Tensor>{q} : q.split(t.query_block, 2);
+      t.block_keys.size() == 1 ? std::vector<torch::Tensor>{q} : q.split(t.query_block * group, 2);
   auto first_keys = [](const torch::Tensor& x, int64_t keys) { return keys == x.size(2) ? x : x.narrow(2, 0, keys); };
   std::vector<torch::Tensor> blocks;
   for (size_t b = 0; b < t.block_keys.size(); ++b) {
@@ -230,9 +228,11 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     const int64_t keys = t.block_keys[b];
     const torch::Tensor mask = t.triangle ? t.mask.narrow(0, start, count).narrow(1, 0, keys)
                                           : t.mask.narrow(2, start, count).narrow(3, 0, keys);
-    blocks.push_back(attend(q_blocks[b], first_keys(k, keys), first_keys(v, keys), mask, probs_site));
+    blocks.push_back(attend(q_blocks[b], first_keys(k, keys), first_keys(v, keys), mask, group, probs_site));
   }
+  // [B, kv heads, T G, d] -> [B, T, kv heads, G, d]: heads in their order (head j G + g)
   torch::Tensor context = (blocks.size() == 1 ? blocks[0] : torch::cat(blocks, 2))
+                              .view({batch, local_kv_heads_, length, group, head_dim})
                               .transpose(1, 2)
                               .reshape({batch, length, local_heads_ * head_dim});
   return o_proj(context);
