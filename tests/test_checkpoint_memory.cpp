@@ -7,8 +7,10 @@
 
 #include <gtest/gtest.h>
 #include <malloc.h>
+#include <sys/resource.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace qforge::model {
 namespace {
@@ -108,6 +110,29 @@ TEST(CheckpointMemory, SavingAndLoadingHoldTheShardAndOneTensorNotTheModel) {
   if (figures.size() > 1) {
     EXPECT_LT(figures.back().save_mb, figures.front().save_mb) << "saving under the widest TP";
   }
+}
+
+long minor_faults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_minflt;
+}
+
+// The Runtime's sys::keep_freed_memory(): a step's tensors, freed, leave their pages for the next step's. Here 40
+// activations of about 2.8 MB (a [512, 1376] MLP activation) in three sizes, alive together and then freed. With
+// glibc's defaults every round faults about 28,000 pages in again (110,292 over 4 rounds measured).
+TEST(Memory, FreedTensorsKeepTheirPagesForTheNextStep) {
+  if (!sys::keep_freed_memory()) GTEST_SKIP() << "the environment sets malloc's knobs (GLIBC_TUNABLES, MALLOC_*_)";
+  constexpr long kFaultsAllowed = 4096;  // 16 MB of 450 MB touched: the allocator's own (measured up to 691)
+  auto step = [] {
+    std::vector<torch::Tensor> activations;
+    for (int64_t i = 0; i < 40; ++i) activations.push_back(torch::ones({512 * 1376 + i % 3 * 1000}));
+    return activations.back().sum().item<float>();
+  };
+  for (int warm = 0; warm < 2; ++warm) step();
+  const long before = minor_faults();
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(step(), 512.0f * 1376.0f);
+  EXPECT_LT(minor_faults() - before, kFaultsAllowed);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include "framework/common/error.h"
 #include "framework/dist/mpi_check.h"
 #include "framework/dist/mpi_handle.h"
+#include "framework/system/memory.h"
 
 #include <fmt/format.h>
 
@@ -59,6 +60,7 @@ Runtime::Runtime(int* argc, char*** argv) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   QF_CHECK(!initialized, "MPI was initialised before qforge::dist::Runtime, which owns MPI start-up");
+  sys::keep_freed_memory();
   int provided = 0;
   // A failing MPI_Init aborts inside MPI itself; there is no error code to check.
   MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);

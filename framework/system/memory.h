@@ -13,6 +13,14 @@ int64_t peak_rss_bytes();     // VmHWM: the most resident since the start or the
 // does not allow it; peak_rss_bytes() then keeps the lifetime peak.
 bool reset_peak_rss();
 
+// Keeps memory that tensors free inside the process for the next ones. glibc's malloc otherwise maps blocks over
+// its (dynamic) threshold afresh and returns the heap's free top to the kernel, so a training step's activations
+// fault their pages in again every step (about 2% of a QAT step on a 512-wide model). Sets M_MMAP_THRESHOLD to
+// 32 MiB, the most glibc allows, and M_TRIM_THRESHOLD to 1 GiB; both are needed (either alone turns the dynamic
+// threshold off at 128 KiB). Does nothing when the environment sets malloc's own knobs (GLIBC_TUNABLES with
+// glibc.malloc.*, MALLOC_*_): the user's choice stands. The Runtime calls it at start-up. Returns whether it set them.
+bool keep_freed_memory();
+
 // "1.23 GB" (decimal units, as model sizes are quoted).
 std::string bytes_text(int64_t bytes);
 
