@@ -37,11 +37,6 @@ inline float round_half_even(float v) { return std::nearbyint(v); }
 
 }  // namespace
 
-bool available() {
-  static const bool yes = __builtin_cpu_supports("avx2") && !std::getenv("QFORGE_DISABLE_AVX2");
-  return yes;
-}
-
 void range_stats(const float* x, int64_t n, int64_t begin, int64_t end, bool symmetric, float* out) {
   for (int64_t r = begin; r < end; ++r) {
     const float* row = x + r * n;
@@ -127,7 +122,6 @@ void masked_select(const float* grad, const bool* mask, int64_t begin, int64_t e
 
 namespace qforge::quant::avx2 {
 
-bool available() { return false; }
 void range_stats(const float*, int64_t, int64_t, int64_t, bool, float*) { std::abort(); }
 void quantize_dequantize(const float*, int64_t, int64_t, int64_t, const float*, const float*, float, float, float*) {
   std::abort();

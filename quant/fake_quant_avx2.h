@@ -3,13 +3,14 @@
 // round-half-to-even by vroundps, the same clamps in the same order.
 #pragma once
 
+#include "framework/system/cpu_features.h"
+
 #include <cstdint>
 
 namespace qforge::quant::avx2 {
 
-// The CPU runs AVX2 and QFORGE_DISABLE_AVX2 is not set (checked once; the variable makes the portable loops run,
-// as a test does).
-bool available();
+// The CPU runs AVX2 and QFORGE_DISABLE_AVX2 is not set (sys::avx2_kernels()).
+inline bool available() { return sys::avx2_kernels(); }
 
 // Rows [begin, end) of x [rows, n]: out[r] = max |x[r, :]| (symmetric), or out[2r] = max(max x[r, :], 0) and
 // out[2r + 1] = -min(min x[r, :], 0).

@@ -8,6 +8,7 @@
 #include "framework/model/parallel.h"
 #include "framework/model/training_grads.h"
 #include "framework/model/transformer.h"
+#include "framework/system/cpu_features.h"
 #include "tests/model_fixtures.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -190,6 +191,45 @@ TEST(TrainingGrads, RmsNormFusedForwardUnderTrainingKernels) {
                 w64 = w.detach().to(torch::kDouble).requires_grad_(true);
   (w64 * (x64 * torch::rsqrt(x64.pow(2).mean(-1, true) + 1e-5)) * dy.to(torch::kDouble)).sum().backward();
   for (const auto& [ours, reference] : {std::pair{x.grad(), x64.grad()}, std::pair{w.grad(), w64.grad()}}) {
+    const double largest = reference.abs().max().item<double>();
+    EXPECT_LE((ours.to(torch::kDouble) - reference).abs().max().item<double>(), kFusedGradRelTol * largest);
+  }
+}
+
+// Training's SwiGLU forward is one AVX2 pass with an exponential of its own: each value within a few ulps of
+// silu(g) u computed in fp64, from gates where exp(-g) overflows to ones where it underflows, and a length that
+// leaves a tail after the 8-lane loop; its gradients match fp64 autograd's.
+TEST(TrainingGrads, SwigluFusedForwardUnderTrainingKernels) {
+  constexpr double kSwigluUlps = 4.0 * 0x1p-23;  // per value, relative to itself (measured 1.19; libtorch 1.17)
+  constexpr double kUnderflow = 1e-37;           // below this silu is -0 or a denormal on either side
+  torch::manual_seed(6);
+  torch::Tensor g = torch::randn({3, 5, 37}) * 6;
+  const std::vector<float> edges = {-100.0f, -88.6f, -87.0f, -20.0f, -1e-3f, 0.0f, 1e-3f, 20.0f, 87.5f, 100.0f};
+  for (size_t i = 0; i < edges.size(); ++i) g.view(-1)[static_cast<int64_t>(i)] = edges[i];
+  g.requires_grad_(true);
+  torch::Tensor u = torch::randn({3, 5, 37}).requires_grad_(true);
+  const torch::Tensor dh = torch::randn({3, 5, 37});
+  torch::Tensor h, h_no_grad;
+  {
+    const TrainingKernels training;
+    h = swiglu(g, u);
+    torch::NoGradGuard no_grad;
+    h_no_grad = swiglu(g, u);
+  }
+  torch::Tensor g64 = g.detach().to(torch::kDouble).requires_grad_(true),
+                u64 = u.detach().to(torch::kDouble).requires_grad_(true);
+  const torch::Tensor h64 = torch::silu(g64) * u64;
+  const torch::Tensor error = (h.detach().to(torch::kDouble) - h64.detach()).abs();
+  EXPECT_TRUE((error <= h64.detach().abs() * kSwigluUlps + kUnderflow).all().item<bool>())
+      << "largest error in ulps of the value: "
+      << (error / (h64.detach().abs() * 0x1p-23 + kUnderflow)).max().item<double>();
+  EXPECT_TRUE(torch::equal(h.detach(), h_no_grad)) << "one kernel with and without gradients";
+  if (sys::avx2_kernels()) {
+    EXPECT_FALSE(torch::equal(h.detach(), (torch::silu(g) * u).detach())) << "the guard chose the fused pass";
+  }
+  (h * dh).sum().backward();
+  (h64 * dh.to(torch::kDouble)).sum().backward();
+  for (const auto& [ours, reference] : {std::pair{g.grad(), g64.grad()}, std::pair{u.grad(), u64.grad()}}) {
     const double largest = reference.abs().max().item<double>();
     EXPECT_LE((ours.to(torch::kDouble) - reference).abs().max().item<double>(), kFusedGradRelTol * largest);
   }

@@ -1,6 +1,10 @@
 #include "framework/model/training_grads.h"
 
+#include "framework/model/swiglu_avx2.h"
 #include "framework/model/training_grads_cpu.h"
+#include "framework/system/cpu_features.h"
+
+#include <ATen/Parallel.h>
 
 #include <optional>
 #include <tuple>
@@ -70,11 +74,33 @@ struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
   }
 };
 
+// Training's SwiGLU forward in one AVX2 pass: h = silu(g) u, and s = silu(g) when `keep` (for the backward pass).
+bool fused_swiglu(const torch::Tensor& gate, const torch::Tensor& up) {
+  return TrainingKernels::active() && sys::avx2_kernels() && gate.device().is_cpu() &&
+         gate.scalar_type() == torch::kFloat && up.scalar_type() == torch::kFloat && gate.sizes() == up.sizes() &&
+         gate.is_contiguous() && up.is_contiguous();
+}
+
+std::pair<torch::Tensor, torch::Tensor> swiglu_values(const torch::Tensor& gate, const torch::Tensor& up, bool keep) {
+  torch::Tensor h = torch::empty_like(gate), s = keep ? torch::empty_like(gate) : torch::Tensor();
+  const float *g = gate.data_ptr<float>(), *u = up.data_ptr<float>();
+  float *hp = h.data_ptr<float>(), *sp = keep ? s.data_ptr<float>() : nullptr;
+  at::parallel_for(0, gate.numel(), int64_t{1} << 14,
+                   [&](int64_t begin, int64_t end) { avx2::swiglu_forward(g, u, begin, end, sp, hp); });
+  return {h, s};
+}
+
 struct SwigluFunction : torch::autograd::Function<SwigluFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& gate, const torch::Tensor& up) {
-    torch::Tensor s = torch::silu(gate);
+    torch::Tensor s, h;
+    if (fused_swiglu(gate, up)) {
+      std::tie(h, s) = swiglu_values(gate, up, true);
+    } else {
+      s = torch::silu(gate);
+      h = s * up;
+    }
     ctx->save_for_backward({gate, up, s});
-    return s * up;
+    return h;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -173,6 +199,8 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 
 torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up) {
   if (fused_backward({gate, up}) && gate.sizes() == up.sizes()) return SwigluFunction::apply(gate, up);
+  if (fused_swiglu(gate, up) && !(torch::GradMode::is_enabled() && (gate.requires_grad() || up.requires_grad())))
+    return swiglu_values(gate, up, false).first;
   return torch::silu(gate) * up;
 }
 

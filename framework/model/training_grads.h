@@ -9,7 +9,8 @@ namespace qforge::model {
 
 // While a TrainingKernels guard lives on the thread (the trainer's steps: student and teacher forward passes, the
 // backward pass and the blocks it recomputes), RMSNorm's forward is one fused pass whose mean of squares rounds a
-// few ulps away from libtorch's reduction, and attention takes smaller blocks of queries (transformer.cpp).
+// few ulps away from libtorch's reduction, SwiGLU's is one AVX2 pass with an exponential of its own (a few ulps
+// from libtorch's silu; swiglu_avx2.h), and attention takes smaller blocks of queries (transformer.cpp).
 // Evaluation, calibration and PTQ never set it: what they compute is unchanged.
 class TrainingKernels {
  public:
