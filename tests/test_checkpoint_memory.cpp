@@ -118,11 +118,12 @@ long minor_faults() {
   return usage.ru_minflt;
 }
 
-// The Runtime's sys::keep_freed_memory(): a step's tensors, freed, leave their pages for the next step's. Here 40
-// activations of about 2.8 MB (a [512, 1376] MLP activation) in three sizes, alive together and then freed. With
-// glibc's defaults every round faults about 28,000 pages in again (110,292 over 4 rounds measured).
+// sys::keep_freed_memory(), as the Runtime left it: a step's tensors, freed, leave their pages for the next
+// step's. Here 40 activations of about 2.8 MB (a [512, 1376]
+// MLP activation) in three sizes, alive together and then freed. With glibc's defaults every round faults about
+// 28,000 pages in again (110,292 over 4 rounds measured).
 TEST(Memory, FreedTensorsKeepTheirPagesForTheNextStep) {
-  if (!sys::keep_freed_memory()) GTEST_SKIP() << "the environment sets malloc's knobs (GLIBC_TUNABLES, MALLOC_*_)";
+  if (sys::malloc_knobs_in_environment()) GTEST_SKIP() << "the environment sets malloc's knobs (GLIBC_TUNABLES, ...)";
   constexpr long kFaultsAllowed = 4096;  // 16 MB of 450 MB touched: the allocator's own (measured up to 691)
   auto step = [] {
     std::vector<torch::Tensor> activations;

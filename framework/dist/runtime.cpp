@@ -60,10 +60,10 @@ Runtime::Runtime(int* argc, char*** argv) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   QF_CHECK(!initialized, "MPI was initialised before qforge::dist::Runtime, which owns MPI start-up");
-  sys::keep_freed_memory();
   int provided = 0;
   // A failing MPI_Init aborts inside MPI itself; there is no error code to check.
   MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
+  sys::keep_freed_memory();  // after MPI, whose memory hooks may set malloc's thresholds of their own
   g_runtime = this;
   QF_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   QF_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));

@@ -32,11 +32,16 @@ bool reset_peak_rss() {
   return static_cast<bool>(clear);
 }
 
-bool keep_freed_memory() {
+bool malloc_knobs_in_environment() {
   const char* tunables = std::getenv("GLIBC_TUNABLES");
-  if (tunables && std::strstr(tunables, "glibc.malloc.")) return false;
+  if (tunables && std::strstr(tunables, "glibc.malloc.")) return true;
   for (const char* knob : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"})
-    if (std::getenv(knob)) return false;
+    if (std::getenv(knob)) return true;
+  return false;
+}
+
+bool keep_freed_memory() {
+  if (malloc_knobs_in_environment()) return false;
   return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
 }
 
